@@ -1,0 +1,44 @@
+"""Conventions shared by every command: logging, user errors as one line, a JSON result line.
+
+User mistakes (ConfigError, DataError, CheckpointError) print `error: <message>` and exit 2, with
+no traceback; a stopped training run exits 1; an interrupted one 130. On success the command's
+result is printed as one JSON object on the last line of stdout, for scripts and people alike.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Callable
+
+from byol.config import ConfigError
+from byol.errors import CheckpointError, DataError, TrainingError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+def setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+
+
+def run_command(main: Callable[[], dict | None]) -> None:
+    """Call `main`; print its result dict as the last JSON line; map errors to exit codes."""
+    setup_logging()
+    from byol.train import Interrupted      # imported late: keeps `--help` fast
+    try:
+        result = main()
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(130)
+    if result is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result), flush=True)

@@ -1,0 +1,20 @@
+"""Errors for user mistakes. Entry points print their one-line message (no traceback) and exit 2.
+
+Each message names the file or key at fault and says what to do.
+"""
+
+
+class DataError(ValueError):
+    """A dataset is missing, truncated or unreadable."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, untrusted or not of a known format."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class StoreError(DataError):
+    """A feature store is missing, corrupt, or was written with other settings."""

@@ -1,0 +1,469 @@
+"""HDF5 feature store: embeddings (or raw pixels) of one dataset split, in shards, read in row blocks.
+
+Every downstream tool (k-NN, linear probe, PCA, export) reads this. A split is a directory:
+
+    split_dir/
+        shard-00000.h5, shard-00001.h5, ...   one HDF5 file each, renamed into place when complete
+        manifest.json                          written last: its presence means the split is complete
+
+Each shard holds row-aligned datasets (N = rows in that shard, D = dim):
+
+    embeddings  [N, D] float32 or float16
+    labels      [N]    int64, -1 = unlabeled
+    indices     [N]    int64, the row's position in the source dataset
+    paths       [N]    UTF-8 strings (optional)
+
+plus attributes: the provenance (`attrs`; dicts, lists and None as JSON strings) and `settings_json`.
+
+manifest.json:
+
+    {"format": "byol-feature-store", "version": 1, "dim": D, "dtype": "float32", "n_rows": total,
+     "shards": [{"name": "shard-00000.h5", "rows": N0, "sha256": "<hex of the file bytes>"}, ...],
+     "settings": {...}, "attrs": {...}, "created": "<ISO time>"}
+
+Anyone can write a store with plain h5py + json + hashlib following this layout, and read any shard
+without this library: `h5py.File(path)["embeddings"][:]`. Memory stays bounded whatever the dataset
+size: writers append blocks, readers yield row blocks (`FeatureStore.iter_blocks`).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from byol.errors import StoreError
+
+FORMAT = "byol-feature-store"
+VERSION = 1
+MANIFEST = "manifest.json"
+FIELDS = ("embeddings", "labels", "indices", "paths")
+# Provenance keys that decide whether two stores' features live in the same space.
+ENCODER_KEYS = ("encoder", "checkpoint_sha256", "image_size", "normalisation", "layer")
+DTYPES = ("float32", "float16")
+_MAX_CHUNK_BYTES = 4 * 2**20
+_HASH_BLOCK = 2**20
+
+
+def shard_name(index: int) -> str:
+    """File name of shard `index`: zero-padded so names sort in row order."""
+    return f"shard-{index:05d}.h5"
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file read in 1 MB blocks, so any shard hashes in constant memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's bytes to disk, so a rename never exposes data still only in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory so a rename in it survives a power cut; where the OS refuses, there is nothing more to do."""
+    with contextlib.suppress(OSError):
+        _fsync(path)
+
+
+def _json_default(value):
+    """Provenance dicts often carry numpy scalars and paths; store them as plain JSON values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _to_json(value, **kwargs) -> str:
+    return json.dumps(value, default=_json_default, **kwargs)
+
+
+def _attr_value(value):
+    """HDF5 attributes hold scalars and strings only: dicts, lists and None go in as JSON strings."""
+    if value is None or isinstance(value, (dict, list, tuple)):
+        return _to_json(value, sort_keys=True)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+class ShardWriter:
+    """Builds one shard in a temp file in the split dir (`.shard-00003.h5.tmp-<pid>`), renamed to
+    `shard-00003.h5` on close(); an exception inside `with` (or abort()) deletes the temp file.
+
+    Readers therefore never see a half-written shard under its final name. After close(),
+    `entry` holds the shard's manifest entry {"name", "rows", "sha256"}.
+    """
+
+    def __init__(self, split_dir: str | Path, index: int, dim: int, dtype: str = "float32",
+                 with_paths: bool = False, attrs: dict | None = None, chunk_rows: int = 1024,
+                 settings: dict | None = None):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if dim < 1 or chunk_rows < 1:
+            raise ValueError(f"dim and chunk_rows must be >= 1, got {dim} and {chunk_rows}")
+        self.split_dir = Path(split_dir)
+        self.split_dir.mkdir(parents=True, exist_ok=True)
+        self.name = shard_name(index)
+        self.path = self.split_dir / self.name
+        self.tmp = self.split_dir / f".{self.name}.tmp-{os.getpid()}"
+        self.dim, self.dtype, self.with_paths = int(dim), np.dtype(dtype), with_paths
+        self.rows = 0
+        self.entry: dict | None = None
+        self._file: h5py.File | None = h5py.File(self.tmp, "w")
+        try:
+            self._create_datasets(chunk_rows)
+            for key, value in (attrs or {}).items():
+                self._file.attrs[key] = _attr_value(value)
+            self._file.attrs["settings_json"] = _to_json(settings or {}, sort_keys=True)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create_datasets(self, chunk_rows: int) -> None:
+        """Empty, row-resizable, row-chunked datasets; a chunk stays <= 4 MB so reads of a few rows are cheap."""
+        rows = max(1, min(chunk_rows, _MAX_CHUNK_BYTES // (self.dim * self.dtype.itemsize)))
+
+        def create(name, row_shape, dtype, fletcher32=True):
+            self._file.create_dataset(name, shape=(0, *row_shape), maxshape=(None, *row_shape),
+                                      chunks=(rows, *row_shape), dtype=dtype, fletcher32=fletcher32)
+
+        create("embeddings", (self.dim,), self.dtype)
+        create("labels", (), np.int64)
+        create("indices", (), np.int64)
+        if self.with_paths:  # HDF5 refuses filters on variable-length data; the file SHA-256 covers it
+            create("paths", (), h5py.string_dtype("utf-8"), fletcher32=False)
+
+    def append(self, embeddings: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+               paths: list[str] | None = None) -> None:
+        """Add n rows: embeddings [n, dim] (cast to the shard dtype), labels [n], indices [n], paths n strings."""
+        if self._file is None:
+            raise ValueError(f"{self.tmp}: shard writer is already closed")
+        embeddings = np.asarray(embeddings)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"embeddings must be [n, {self.dim}], got {embeddings.shape}")
+        n = embeddings.shape[0]
+        columns = {"embeddings": embeddings.astype(self.dtype, copy=False),
+                   "labels": np.asarray(labels, dtype=np.int64),
+                   "indices": np.asarray(indices, dtype=np.int64)}
+        if (paths is not None) != self.with_paths:
+            raise ValueError(f"paths must be given exactly when with_paths=True (with_paths={self.with_paths})")
+        if paths is not None:
+            columns["paths"] = np.array([str(p) for p in paths], dtype=object)
+        for name, values in columns.items():
+            if values.shape[:1] != (n,) or (name != "embeddings" and values.ndim != 1):
+                raise ValueError(f"{name} must have shape [{n}], got {values.shape}")
+        start, self.rows = self.rows, self.rows + n
+        for name, values in columns.items():
+            dataset = self._file[name]
+            dataset.resize(self.rows, axis=0)
+            dataset[start:self.rows] = values
+
+    def close(self) -> dict:
+        """Finish the shard: flush, fsync, hash the temp file, rename it into place; returns its manifest entry."""
+        if self.entry is not None:
+            return self.entry
+        if self._file is None:
+            raise ValueError(f"{self.tmp}: shard writer was aborted")
+        try:
+            self._file.flush()
+            self._file.close()
+            self._file = None
+            _fsync(self.tmp)
+            digest = file_sha256(self.tmp)  # the bytes that the rename puts under the final name
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        _fsync_dir(self.split_dir)
+        self.entry = {"name": self.name, "rows": self.rows, "sha256": digest}
+        return self.entry
+
+    def abort(self) -> None:
+        """Drop the shard: close and delete the temp file, so no partial shard is left behind."""
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+def write_manifest(split_dir: str | Path, shards: list[dict], dim: int, dtype: str, settings: dict,
+                   attrs: dict) -> Path:
+    """Write manifest.json atomically (temp + os.replace), after all shards: it marks a complete split."""
+    split_dir = Path(split_dir)
+    entries = sorted(({"name": s["name"], "rows": int(s["rows"]), "sha256": s["sha256"]} for s in shards),
+                     key=lambda s: s["name"])
+    for entry in entries:
+        if not (split_dir / entry["name"]).is_file():
+            raise StoreError(f"{split_dir / entry['name']}: shard missing while writing the manifest: "
+                             "rerun the extraction")
+    manifest = {"format": FORMAT, "version": VERSION, "dim": int(dim), "dtype": str(dtype),
+                "n_rows": sum(e["rows"] for e in entries), "shards": entries, "settings": settings,
+                "attrs": attrs, "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    path = split_dir / MANIFEST
+    tmp = split_dir / f".{MANIFEST}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(_to_json(manifest, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(split_dir)
+    return path
+
+
+@contextlib.contextmanager
+def _reading(path: Path, failure: str):
+    """Open a shard read-only; an OSError from h5py (incl. a fletcher32 mismatch) becomes a StoreError."""
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except OSError as e:
+        raise StoreError(f"{path}: {failure} ({e}): the shard is damaged: rerun the extraction") from None
+
+
+def _read_manifest(split_dir: Path) -> dict:
+    """manifest.json, checked for format and internal consistency."""
+    path = split_dir / MANIFEST
+    if not path.is_file():
+        raise StoreError(f"{split_dir}: no {MANIFEST}: not a feature store or an unfinished extraction: "
+                         "rerun the extraction")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"format is {manifest.get('format')!r}, not {FORMAT!r}")
+        if int(manifest.get("version", 0)) > VERSION:
+            raise ValueError(f"version {manifest['version']} is newer than this library reads ({VERSION})")
+        if int(manifest["dim"]) < 1:
+            raise ValueError(f"dim is {manifest['dim']}")
+        n_rows, total = int(manifest["n_rows"]), sum(int(s["rows"]) for s in manifest["shards"])
+        names = [s["name"] for s in manifest["shards"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise StoreError(f"{path}: unreadable manifest ({e}): rerun the extraction") from None
+    if n_rows != total:
+        raise StoreError(f"{path}: n_rows {manifest['n_rows']} disagrees with the shard rows ({total}): "
+                         "rerun the extraction")
+    if len(set(names)) != len(names):
+        raise StoreError(f"{path}: a shard is listed twice: rerun the extraction")
+    return manifest
+
+
+class FeatureStore:
+    """A finished split, read in row blocks. Build one with `FeatureStore.open(split_dir)`."""
+
+    def __init__(self, split_dir: Path, manifest: dict):
+        self.split_dir = Path(split_dir)
+        self.dim: int = int(manifest["dim"])
+        self.dtype: str = str(manifest["dtype"])
+        self.n_rows: int = int(manifest["n_rows"])
+        self.settings: dict = manifest.get("settings") or {}
+        self.attrs: dict = manifest.get("attrs") or {}
+        self.shards: list[dict] = [dict(s, rows=int(s["rows"])) for s in manifest["shards"]]
+        self.has_paths = False
+
+    @classmethod
+    def open(cls, split_dir: str | Path, verify: bool = False) -> "FeatureStore":
+        """Read the manifest and check every shard's header; verify=True also checks every SHA-256."""
+        split_dir = Path(split_dir)
+        store = cls(split_dir, _read_manifest(split_dir))
+        store._require_files()
+        if verify:  # before reading headers, so a damaged shard is reported as corrupt
+            store.verify()
+        store._check_headers()
+        return store
+
+    def _path(self, shard: dict) -> Path:
+        return self.split_dir / shard["name"]
+
+    def _require_files(self) -> None:
+        for shard in self.shards:
+            if not self._path(shard).is_file():
+                raise StoreError(f"{self._path(shard)}: shard listed in {MANIFEST} is missing: rerun the extraction")
+
+    def _check_headers(self) -> None:
+        """Every shard's shapes, dtype and settings agree with the manifest (metadata only, cheap)."""
+        with_paths = []
+        for shard in self.shards:
+            with _reading(self._path(shard), "not a readable HDF5 shard") as f:
+                self._check_header(f, self._path(shard), shard["rows"])
+                with_paths.append("paths" in f)
+        if any(with_paths) and not all(with_paths):
+            raise StoreError(f"{self.split_dir}: some shards have paths and some not: rerun the extraction")
+        self.has_paths = bool(with_paths) and all(with_paths)
+
+    def _check_header(self, f: h5py.File, path: Path, rows: int) -> None:
+        """Catch shards that were swapped, truncated or written by another extraction run."""
+        def fail(what: str):
+            raise StoreError(f"{path}: {what}: rerun the extraction")
+
+        for name in ("embeddings", "labels", "indices"):
+            if name not in f:
+                fail(f"no dataset {name!r}")
+        emb = f["embeddings"]
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            fail(f"embeddings are {emb.shape}, {MANIFEST} says dim {self.dim}")
+        if emb.dtype != np.dtype(self.dtype):
+            fail(f"embeddings are {emb.dtype}, {MANIFEST} says {self.dtype}")
+        for name in ("embeddings", "labels", "indices", "paths"):
+            if name in f and f[name].shape[0] != rows:
+                fail(f"{name} has {f[name].shape[0]} rows, {MANIFEST} says {rows}")
+        if "settings_json" in f.attrs and json.loads(f.attrs["settings_json"]) != self.settings:
+            fail(f"written with other settings than {MANIFEST} (shards of two runs mixed)")
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.split_dir)!r}, rows={self.n_rows}, dim={self.dim}, dtype={self.dtype})"
+
+    def verify(self) -> None:
+        """Compare each shard's SHA-256 with the manifest: catches bit rot and files swapped or edited."""
+        self._require_files()
+        for shard in self.shards:
+            path = self._path(shard)
+            if "sha256" not in shard:
+                raise StoreError(f"{path}: {MANIFEST} records no sha256 for this shard: "
+                                 "add it or rerun the extraction")
+            if file_sha256(path) != shard["sha256"]:
+                raise StoreError(f"{path}: SHA-256 differs from {MANIFEST}: the shard is corrupt: "
+                                 "rerun the extraction")
+
+    def iter_blocks(self, block_rows: int = 65536, fields=("embeddings", "labels"),
+                    raw: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Yield consecutive row blocks {field: [n, ...]} across shards, n <= block_rows (shorter at shard ends).
+
+        Embeddings come as float32 [n, dim] unless raw=True (then in the stored dtype); paths as an
+        object array of str. Only one block is in memory at a time.
+        """
+        if block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        fields = tuple(fields)
+        unknown = [name for name in fields if name not in FIELDS]
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r}: choose from {FIELDS}")
+        if "paths" in fields and not self.has_paths:
+            raise StoreError(f"{self.split_dir}: this store has no paths: extract with paths to get them")
+        for shard in self.shards:
+            with _reading(self._path(shard), "checksum failure") as f:
+                for start in range(0, shard["rows"], block_rows):
+                    yield {name: _read_rows(f, name, start, start + block_rows, raw) for name in fields}
+
+    def _column(self, name: str) -> np.ndarray:
+        blocks = [block[name] for block in self.iter_blocks(65536, fields=(name,))]
+        return np.concatenate(blocks) if blocks else np.empty(0, np.int64 if name != "paths" else object)
+
+    def labels(self) -> np.ndarray:
+        """All labels [N] int64 (-1 = unlabeled); 8 bytes a row, so cheap even for large stores."""
+        return self._column("labels")
+
+    def indices(self) -> np.ndarray:
+        """All source-dataset positions [N] int64."""
+        return self._column("indices")
+
+    def paths(self) -> list[str] | None:
+        """All source paths, or None when the store was written without them."""
+        return self._column("paths").tolist() if self.has_paths else None
+
+    def to_array(self, max_bytes: int = 2 * 2**30) -> np.ndarray:
+        """The whole embeddings matrix [N, dim] float32, refused above max_bytes so a big store can't exhaust RAM."""
+        need = self.n_rows * self.dim * 4
+        if need > max_bytes:
+            raise StoreError(f"{self.split_dir}: embeddings need {need:,} bytes as float32, over max_bytes="
+                             f"{max_bytes:,}: use iter_blocks() to stream them (or raise max_bytes)")
+        out = np.empty((self.n_rows, self.dim), np.float32)
+        row = 0
+        for block in self.iter_blocks(fields=("embeddings",)):
+            out[row:row + len(block["embeddings"])] = block["embeddings"]
+            row += len(block["embeddings"])
+        return out
+
+    def virtual_dataset(self, out_path: str | Path | None = None) -> Path:
+        """One HDF5 file whose `embeddings`, `labels`, `indices` map onto all shards (no data copied).
+
+        Tools that want a single dataset (h5py, HDFView, other languages) can read it directly.
+        """
+        out = Path(out_path) if out_path is not None else self.split_dir / "virtual.h5"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shapes = {"embeddings": (self.dim,), "labels": (), "indices": ()}
+        dtypes = {"embeddings": np.dtype(self.dtype), "labels": np.int64, "indices": np.int64}
+        layouts = {name: h5py.VirtualLayout(shape=(self.n_rows, *shapes[name]), dtype=dtypes[name])
+                   for name in shapes}
+        row = 0
+        for shard in self.shards:
+            rows = shard["rows"]
+            if rows:
+                # Relative to the virtual file's folder (where HDF5 looks), so the split can move whole.
+                source = os.path.relpath(self._path(shard).resolve(), out.parent.resolve())
+                for name, layout in layouts.items():
+                    layout[row:row + rows] = h5py.VirtualSource(source, name, shape=(rows, *shapes[name]))
+            row += rows
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w") as f:
+                for name, layout in layouts.items():
+                    f.create_virtual_dataset(name, layout)
+                f.attrs["settings_json"] = _to_json(self.settings, sort_keys=True)
+                f.attrs["attrs_json"] = _to_json(self.attrs, sort_keys=True)
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return out
+
+
+def _read_rows(f: h5py.File, name: str, start: int, stop: int, raw: bool) -> np.ndarray:
+    """Rows [start, stop) of one dataset: embeddings upcast to float32 unless raw, paths decoded to str."""
+    if name == "paths":
+        return f["paths"].asstr()[start:stop]
+    values = f[name][start:stop]
+    return values.astype(np.float32, copy=False) if name == "embeddings" and not raw else values
+
+
+def check_compatible(a: FeatureStore, b: FeatureStore, what=("dim", "encoder")) -> None:
+    """Refuse to combine stores (e.g. train and test features) that don't live in the same feature space.
+
+    `what` items: "dim", "dtype", "settings", "encoder" (the provenance keys in ENCODER_KEYS), or any
+    other attrs key. Provenance keys are compared only when both stores record them.
+    """
+    diffs = []
+    for item in what:
+        if item in ("dim", "dtype", "settings"):
+            pairs = [(item, getattr(a, item), getattr(b, item))]
+        else:
+            keys = ENCODER_KEYS if item == "encoder" else (item,)
+            pairs = [(key, a.attrs[key], b.attrs[key]) for key in keys if key in a.attrs and key in b.attrs]
+        diffs += [f"{key} {x!r} vs {y!r}" for key, x, y in pairs if x != y]
+    if diffs:
+        raise StoreError(f"feature stores {a.split_dir} and {b.split_dir} differ ({'; '.join(diffs)}): "
+                         "extract both with the same checkpoint and settings")

@@ -1,0 +1,148 @@
+"""Pretraining end to end on the embedded digits dataset, with tiny networks (CPU, seconds)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+import byol.train as train_module
+from byol import checkpoint as ckpt_io
+from byol.config import load_config
+from byol.errors import TrainingError
+from byol.train import Interrupted, resume_config, train
+
+TINY = ["data.name=digits", "data.split=train", "data.max_images=96",
+        "data_transforms.input_shape=(32,32,3)", "network.small_stem=false",
+        "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
+        "trainer.batch_size=16", "trainer.num_workers=0", "trainer.progress=false",
+        "trainer.log_every=1", "trainer.tensorboard=false", "trainer.precision=fp32"]
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(None, TINY + [f"trainer.run_dir={tmp_path / 'run'}", *extra])
+
+
+def online_weights(run_dir):
+    return ckpt_io.load_training_checkpoint(run_dir / "checkpoints" / "last.pt")["online"]
+
+
+def test_training_writes_run_dir_checkpoint_and_encoder(tmp_path):
+    summary = train(tiny_config(tmp_path, "trainer.max_epochs=2", "trainer.knn_every=1",
+                                "data.eval_split=test"))
+    run = tmp_path / "run"
+    assert summary["steps"] == 12 and summary["knn_top1"] >= 0      # 96 images / 16 = 6 per epoch
+    assert (run / "config.yaml").is_file()
+    assert load_config(run / "config.yaml").trainer.max_epochs == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    assert all(0 <= r["loss"] <= 8 and r["img_per_s"] > 0 and 0 <= r["collapse_std"] for r in steps)
+    assert steps[0]["tau"] == pytest.approx(0.996, abs=1e-4) and steps[-1]["lr"] < steps[0]["lr"]
+    assert sum("knn_top1" in r for r in rows) == 2
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 12 and ckpt["config"]["trainer"]["max_epochs"] == 2
+    assert set(ckpt) >= {"online", "target", "optimizer", "rng", "versions"}
+    enc = torch.load(run / "encoder.pt", weights_only=True)
+    plain = torchvision.models.resnet18()
+    missing, unexpected = plain.load_state_dict(enc["state_dict"], strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    assert enc["feature_dim"] == 512 and enc["step"] == 12
+
+
+def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    steps = ["trainer.max_steps=8", "trainer.checkpoint_interval=100"]
+    whole = train(tiny_config(tmp_path / "a", *steps))
+    reference = online_weights(tmp_path / "a" / "run")
+
+    real_lr = train_module.learning_rate_at
+
+    def lr_with_sigterm(step, *args):          # a SIGTERM arrives during step 3
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_lr(step, *args)
+    monkeypatch.setattr(train_module, "learning_rate_at", lr_with_sigterm)
+    with pytest.raises(Interrupted) as stopped:
+        train(tiny_config(tmp_path / "b", *steps))
+    assert stopped.value.step == 4 and "--resume" in str(stopped.value)
+    monkeypatch.setattr(train_module, "learning_rate_at", real_lr)
+
+    run_b = tmp_path / "b" / "run"
+    assert torch.load(run_b / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
+    resumed = train(resume_config(run_b), resume=run_b)
+    assert resumed["steps"] == whole["steps"] == 8
+    again = online_weights(run_b)
+    for key, value in reference.items():
+        assert torch.allclose(value.float(), again[key].float(), atol=1e-5), key
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss = train_module.byol_loss
+    calls = {"n": 0}
+
+    def loss_going_nan(*args):
+        loss, z = real_loss(*args)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), z
+    monkeypatch.setattr(train_module, "byol_loss", loss_going_nan)
+    with pytest.raises(TrainingError, match="loss became nan at step 2"):
+        train(tiny_config(tmp_path, "trainer.max_steps=6", "trainer.checkpoint_interval=1"))
+    kept = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert kept["step"] == 2 and all(torch.isfinite(v).all() for v in kept["online"].values()
+                                     if v.is_floating_point())
+
+
+def test_simsiam_lars_and_bf16_paths_train(tmp_path):
+    summary = train(tiny_config(tmp_path, "trainer.max_steps=3", "trainer.use_momentum=false",
+                                "optimizer.name=lars", "trainer.precision=bf16",
+                                "optimizer.warmup_epochs=0.5"))
+    assert summary["steps"] == 3 and summary["precision"] == "bf16"
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["target"] is None
+
+
+def test_fine_tune_from_encoder(tmp_path):
+    train(tiny_config(tmp_path / "a", "trainer.max_steps=2"))
+    encoder = tmp_path / "a" / "run" / "encoder.pt"
+    train(tiny_config(tmp_path / "b", "trainer.max_steps=0", "trainer.max_epochs=1",
+                      f"network.fine_tune_from={encoder}", "optimizer.params.lr=0.0001"))
+    with pytest.raises(Exception, match="network.fine_tune_from"):
+        train(tiny_config(tmp_path / "c", f"network.fine_tune_from={tmp_path / 'nothing-here'}"))
+
+
+def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(Exception, match="lower trainer.batch_size"):
+        train(tiny_config(tmp_path, "trainer.batch_size=200"))
+
+
+def run_cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
+    out = run_cli("main.py", "trainer.bach_size=3")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: unknown config key 'trainer.bach_size'" in out.stderr
+    out = run_cli("main.py", "data.root=" + str(tmp_path / "nowhere"), "data.download=false")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "nowhere" in out.stderr
+    out = run_cli("main.py", "--resume", str(tmp_path / "no-run"))
+    assert out.returncode == 2 and "no checkpoint" in out.stderr
+
+
+def test_torchrun_two_cpu_processes_agree_and_resume(tmp_path):
+    run = tmp_path / "ddp"
+    args = ["-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517", "main.py",
+            *TINY, f"trainer.run_dir={run}", "trainer.batch_size=8", "trainer.max_steps=4",
+            "trainer.device=cpu"]
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] and summary["steps"] == 4
+    out = run_cli("-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29518",
+                  "main.py", "--resume", str(run), "trainer.max_steps=6")
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 6 and summary["ranks_in_sync"]
