@@ -95,6 +95,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
                                      if v.is_floating_point())
 
 
+def test_tensorboard_scalars_are_written(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train(tiny_config(tmp_path, "trainer.max_steps=3", "trainer.tensorboard=true"))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert {"loss", "lr", "tau", "collapse_std"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+
+
 def test_simsiam_lars_and_bf16_paths_train(tmp_path):
     summary = train(tiny_config(tmp_path, "trainer.max_steps=3", "trainer.use_momentum=false",
                                 "optimizer.name=lars", "trainer.precision=bf16",
@@ -146,3 +155,18 @@ def test_torchrun_two_cpu_processes_agree_and_resume(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 6 and summary["ranks_in_sync"]
+
+
+def test_bf16_loss_curve_tracks_fp32(tmp_path):
+    """The fast path (bf16 autocast + channels_last) learns like fp32 on the same data and seed."""
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        run = tmp_path / precision
+        train(load_config(None, TINY + [f"trainer.run_dir={run}", f"trainer.precision={precision}",
+                                        "trainer.channels_last=true", "trainer.max_steps=24",
+                                        "optimizer.params.lr=0.1"]))
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        curves[precision] = torch.tensor([r["loss"] for r in rows if "loss" in r])
+    fp32, bf16 = curves["fp32"], curves["bf16"]
+    assert fp32[-6:].mean() < fp32[:3].mean() - 0.5            # it learns at all
+    assert (fp32 - bf16).abs().mean() < 0.05 * fp32.mean(), (fp32, bf16)
