@@ -170,3 +170,30 @@ def test_bf16_loss_curve_tracks_fp32(tmp_path):
     fp32, bf16 = curves["fp32"], curves["bf16"]
     assert fp32[-6:].mean() < fp32[:3].mean() - 0.5            # it learns at all
     assert (fp32 - bf16).abs().mean() < 0.05 * fp32.mean(), (fp32, bf16)
+
+
+def test_trains_on_stl10_binary_files_with_loader_workers(tmp_path):
+    from byol.stl10 import write_stl10_binary
+    write_stl10_binary(tmp_path / "data", n_train=16, n_test=8, n_unlabeled=24)
+    summary = train(tiny_config(tmp_path, "data.name=stl10", f"data.root={tmp_path / 'data'}",
+                                "data.split=train+unlabeled", "data.download=false",
+                                "data.max_images=0", "trainer.num_workers=2", "trainer.max_epochs=1"))
+    assert summary["steps"] == (16 + 24) // 16
+
+
+def test_trains_on_an_image_folder_with_bad_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "imgs" / "cats" / "broken.jpg").write_bytes(b"not an image")
+    summary = train(tiny_config(tmp_path, "data.name=folder", f"data.root={tmp_path / 'imgs'}",
+                                "data.split=train", "data.max_images=0", "trainer.max_epochs=1"))
+    assert summary["steps"] == 20 // 16
+    with pytest.raises(Exception, match="broken.jpg"):
+        train(tiny_config(tmp_path / "strict", "data.name=folder", f"data.root={tmp_path / 'imgs'}",
+                          "data.split=train", "data.max_images=0", "data.on_bad_image=error"))

@@ -1,0 +1,49 @@
+"""The notebooks execute headless on a tiny checkpoint (papermill-style injected parameters)."""
+import json
+from pathlib import Path
+
+import h5py
+import nbclient
+import nbformat
+import pytest
+
+from byol.config import load_config
+from byol.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def execute(notebook: Path, parameters: dict, cwd: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(notebook, as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert tagged, f"{notebook.name} needs a cell tagged 'parameters'"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs must be stripped"
+    injected = "\n".join(f"{k} = {json.dumps(v)}" for k, v in parameters.items())
+    nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(injected))
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    run = tmp_path_factory.mktemp("nb") / "run"
+    train(load_config(None, ["data.name=digits", "data.max_images=64", "data_transforms.input_shape=(16,16,3)",
+                             "network.projection_head.mlp_hidden_size=32", "trainer.batch_size=32",
+                             "trainer.max_steps=1", "trainer.num_workers=0", "trainer.progress=false",
+                             "trainer.tensorboard=false", f"trainer.run_dir={run}"]))
+    return run / "encoder.pt"
+
+
+def test_save_feature_tensor_notebook_writes_a_store(tiny_encoder, tmp_path):
+    out = tmp_path / "features"
+    nb = execute(ROOT / "notebooks" / "save_feature_tensor.ipynb",
+                 {"checkpoint": str(tiny_encoder), "split": "test", "out_dir": str(out),
+                  "overrides": ["data.max_images=0"]}, ROOT)
+    manifest = json.loads((out / "test" / "manifest.json").read_text())
+    assert manifest["n_rows"] == 360 and manifest["dim"] == 512
+    with h5py.File(out / "test" / manifest["shards"][0]["name"]) as f:
+        assert f["embeddings"].shape == (360, 512)
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "image/png" in o.get("data", {})]
+    assert images, "the PCA scatter was not drawn"
