@@ -13,7 +13,7 @@ import sys
 from typing import Callable
 
 from byol.config import ConfigError
-from byol.errors import CheckpointError, DataError, TrainingError
+from byol.errors import CheckpointError, DataError, Interrupted, TrainingError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -28,7 +28,6 @@ def setup_logging() -> None:
 def run_command(main: Callable[[], dict | None]) -> None:
     """Call `main`; print its result dict as the last JSON line; map errors to exit codes."""
     setup_logging()
-    from byol.train import Interrupted      # imported late: keeps `--help` fast
     try:
         result = main()
     except USER_ERRORS as e:

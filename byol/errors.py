@@ -18,3 +18,12 @@ class TrainingError(RuntimeError):
 
 class StoreError(DataError):
     """A feature store is missing, corrupt, or was written with other settings."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived during training; a checkpoint was written. `.step` tells where."""
+
+    def __init__(self, step: int, path):
+        super().__init__(f"interrupted at step {step}; checkpoint written to {path}. "
+                         f"Continue with: python main.py --resume {path.parent.parent}")
+        self.step, self.path = step, path

@@ -1,6 +1,7 @@
 """Weighted k-nearest-neighbour classification (Wu et al. 2018, Sec. 3.4), as used to monitor
 self-supervised training: cosine similarity, the k nearest training features vote with weight
-exp(sim / T). Test features are processed in blocks, so memory is O(block x n_train).
+exp(sim / T) (the vote is byol.evaluate.neighbors.weighted_vote, shared with the streaming kNN
+baseline). Test features are processed in blocks, so memory is O(block x n_train).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from byol.augment import eval_transform
+from byol.evaluate.neighbors import weighted_vote
 
 
 @torch.no_grad()
@@ -22,10 +24,7 @@ def weighted_knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor
     for start in range(0, test_features.shape[0], block):
         query = F.normalize(test_features[start:start + block].float(), dim=1)
         sim, idx = (query @ train_features.T).topk(k, dim=1)            # [B, k]
-        weight = (sim / temperature).exp()
-        votes = torch.zeros(query.shape[0], n_classes, device=query.device)
-        votes.scatter_add_(1, train_labels[idx], weight)
-        scores.append(votes)
+        scores.append(weighted_vote(sim, train_labels[idx], n_classes, temperature))
     return torch.cat(scores) if scores else torch.zeros(0, n_classes)
 
 

@@ -26,21 +26,12 @@ from byol import distributed as dist_utils
 from byol.augment import BYOLViews
 from byol.config import Config, ConfigError, save_config, to_dict
 from byol.data import build_dataset
-from byol.errors import TrainingError
+from byol.errors import Interrupted, TrainingError
 from byol.knn import knn_top1
 from byol.model import OnlineNetwork, TargetNetwork, byol_loss, collapse_indicator
 from byol.optim import build_optimizer, ema_rate_at, learning_rate_at, set_learning_rate
 
 log = logging.getLogger("byol")
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was written. `.step` tells where to resume."""
-
-    def __init__(self, step: int, path: Path):
-        super().__init__(f"interrupted at step {step}; checkpoint written to {path}. "
-                         f"Continue with: python main.py --resume {path.parent.parent}")
-        self.step, self.path = step, path
 
 
 def resolve_precision(preference: str, device: torch.device) -> str:

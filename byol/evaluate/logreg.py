@@ -1,0 +1,113 @@
+"""Logistic regression on standardised (or PCA-projected) features, C chosen on validation.
+
+Exact scikit-learn LogisticRegression(solver="lbfgs") needs the training matrix in memory: this
+module builds it block by block (already standardised / projected, float32, rows outside the
+validation split first so the selection fits use a view, not a copy) when the estimate
+`lbfgs_bytes` fits under --max-memory-mb; for pca-logreg that is N x 128. Otherwise it falls back
+to a streaming softmax regression (a linear torch head trained over row blocks, epochs chosen on
+validation; see byol.evaluate.training), and the JSON says so (`solver`, `streams`).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from byol.evaluate.blocks import Standardizer, iter_rows, progress, transformed
+from byol.evaluate.results import accuracy
+
+
+def lbfgs_bytes(n: int, d: int, n_classes: int) -> int:
+    """Estimated memory of an in-memory lbfgs fit: the float32 matrix plus scikit-learn's per-row
+    float64 work arrays (raw predictions, gradients, weights), with 20% slack."""
+    return int(1.2 * (n * d * 4 + n * n_classes * 8 * 3 + n * 8 * 4))
+
+
+def load_matrix(data, transform: Callable, out_dim: int, block_rows: int):
+    """(X [n_train, out_dim] float32, class positions [n_train], n_fit): labelled training rows,
+    transformed, the n_fit rows outside the validation split first."""
+    n_fit, n_train = int(data.fit_mask.sum()), int(data.train_mask.sum())
+    x = np.empty((n_train, out_dim), np.float32)
+    y = np.empty(n_train, np.int64)
+    # A row's slot: fit rows count up from 0, validation rows from n_fit, in store order.
+    slot = np.full(data.train.n_rows, -1, np.int64)
+    slot[data.fit_mask] = np.arange(n_fit)
+    slot[data.val_mask] = n_fit + np.arange(n_train - n_fit)
+    offset = 0
+    with progress(data.train.n_rows, "load train") as bar:
+        for block in iter_rows(data.train, None, block_rows, bar=bar):
+            n = len(block["labels"])
+            rows = slot[offset:offset + n]
+            keep = rows >= 0
+            if keep.any():
+                x[rows[keep]] = transform(block["embeddings"][keep])
+                y[rows[keep]] = data.encode(block["labels"][keep])
+            offset += n
+    return x, y, n_fit
+
+
+def fit_lbfgs(x: np.ndarray, y: np.ndarray, C: float, max_iter: int, seed: int = 0):
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)   # reported as "converged" in the JSON
+        model.fit(x, y)
+    return model
+
+
+def class_proba(model, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """predict_proba with one column per training class (a class absent from the fit scores 0)."""
+    out = np.zeros((len(x), n_classes))
+    out[:, model.classes_] = model.predict_proba(x)
+    return out
+
+
+def evaluate_logreg(data, opts, transform: Callable, method: str = "logreg"):
+    """Returns (iterator of (probabilities [n, C], true labels [n]) over test blocks, info)."""
+    out_dim = getattr(transform, "out_dim", data.train.dim)
+    need = lbfgs_bytes(int(data.train_mask.sum()), out_dim, data.n_classes)
+    budget = int(opts.max_memory_mb * 2**20)
+    if need > budget:
+        return _streaming(data, opts, transform, need, budget)
+    x, y, n_fit = load_matrix(data, transform, out_dim, opts.block_rows)
+    if opts.C is not None:
+        C, selection = opts.C, {"on": "flag"}
+    elif n_fit < len(y):
+        scores = []
+        for c in opts.C_grid:
+            model = fit_lbfgs(x[:n_fit], y[:n_fit], c, opts.max_iter, opts.seed)
+            scores.append(accuracy(class_proba(model, x[n_fit:], data.n_classes), y[n_fit:]))
+        C = opts.C_grid[int(np.argmax(scores))]
+        selection = {"on": "validation", "grid": list(opts.C_grid), "val_top1": scores}
+    else:
+        C, selection = 1.0, {"on": "default (no validation split)"}
+    model = fit_lbfgs(x, y, C, opts.max_iter, opts.seed)
+    del x, y
+    info = {"solver": "lbfgs", "streams": False, "selected": {"C": C}, "selection": selection,
+            "max_iter": opts.max_iter, "n_iter": int(np.max(model.n_iter_)),
+            "converged": bool(np.max(model.n_iter_) < opts.max_iter), "memory_estimate_mb": need / 2**20}
+
+    def test_scores():
+        with progress(data.test.n_rows, "test") as bar:
+            for block in transformed(iter_rows(data.test, data.test_mask, opts.block_rows, bar=bar), transform):
+                yield class_proba(model, block["embeddings"], data.n_classes), block["labels"]
+
+    return test_scores(), info
+
+
+def _streaming(data, opts, transform: Callable, need: int, budget: int):
+    """Softmax regression over blocks (a linear head); a Standardizer goes into the head itself."""
+    from byol.evaluate.training import fit_selected, predict_blocks
+
+    if isinstance(transform, Standardizer):
+        head_kwargs = {"mean": transform.mean, "std": transform.scale, "transform": None}
+    else:
+        head_kwargs = {"transform": transform}
+    model, info = fit_selected(data, opts, "linear", **head_kwargs)
+    info.update(solver="streaming-softmax (torch AdamW over blocks)", memory_estimate_mb=need / 2**20,
+                note=f"lbfgs would need ~{need / 2**20:.0f} MB > --max-memory-mb {budget / 2**20:.0f}")
+    scores = predict_blocks(model, data.test, data.test_mask, opts.block_rows, head_kwargs["transform"], "test")
+    return scores, info

@@ -1,0 +1,108 @@
+"""Images to report in one command: pretrain -> extract (embeddings and raw pixels) -> every
+evaluation -> RUN_DIR/report.md.
+
+    python -m byol.pipeline --config configs/demo.yaml          # embedded digits, a few minutes on CPU
+    python -m byol.pipeline --config config.yaml trainer.max_epochs=10 data.root=/data
+
+Each stage writes files the next one reads (see README), so a rerun picks up where it stopped:
+training resumes from RUN_DIR/checkpoints/last.pt, extraction skips finished shards, and
+evaluation writes new result files rather than overwriting. The train/test splits are
+`data.knn_train_split` and `data.eval_split` of the config (labelled splits). Prints a JSON
+summary (the results table) as its last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("byol")
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int = 30) -> dict:
+    from byol.checkpoint import library_versions
+    from byol.config import load_config
+    from byol.evaluate.options import Options
+    from byol.evaluate.runner import run_baseline, run_head
+    from byol.extract import extract
+    from byol.report import write_report
+    from byol.train import train
+
+    cfg = load_config(config_file, overrides)
+    run_dir = Path(cfg.trainer.run_dir)
+    resume = run_dir if (run_dir / "checkpoints" / "last.pt").exists() else None
+    splits = {"train": cfg.data.knn_train_split, "test": cfg.data.eval_split}
+    stage_seconds, result_files = {}, {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        stage_seconds[name] = round(time.perf_counter() - t, 2)
+        log.info("stage %s done in %.1f s", name, stage_seconds[name])
+        return out
+
+    if resume is not None:
+        log.info("found %s: resuming that run", resume / "checkpoints" / "last.pt")
+        from byol.train import resume_config
+        cfg = resume_config(resume, overrides)
+    summary = timed("pretrain", lambda: train(cfg, resume=resume))
+    encoder = summary["encoder"]
+    stores = {}
+    for role, split in splits.items():
+        stores[f"byol_{role}"] = timed(f"extract {role}", lambda: extract(
+            encoder, split, run_dir / "features", overrides, progress=cfg.trainer.progress))["split_dir"]
+        stores[f"pixels_{role}"] = timed(f"pixels {role}", lambda: extract(
+            "pixels", split, run_dir / "pixels", overrides, config_file=config_file,
+            progress=cfg.trainer.progress))["split_dir"]
+
+    opts = Options(epochs=head_epochs, results_dir=str(run_dir / "results"))
+    results = {}
+    for kind in ("linear", "mlp"):
+        results[kind] = timed(f"head {kind}", lambda: run_head(kind, stores["byol_train"], stores["byol_test"], opts))
+    for method in ("logreg", "knn"):
+        results[method] = timed(method, lambda: run_baseline(method, stores["byol_train"], stores["byol_test"], opts))
+    for method in ("pca-logreg", "pca-knn"):
+        results[method] = timed(method, lambda: run_baseline(method, stores["pixels_train"],
+                                                             stores["pixels_test"], opts))
+    result_files = {k: r["results_file"] for k, r in results.items() if "results_file" in r}
+
+    info = {"stage_seconds": stage_seconds, "result_files": result_files,
+            "features_test": stores["byol_test"], "stores": stores,
+            "provenance": {"versions": library_versions(), "python": platform.python_version(),
+                           "device": summary["device"], "precision": summary["precision"],
+                           "threads": torch.get_num_threads(), "git_revision": git_revision(),
+                           "platform": platform.platform(), "train_steps": summary["steps"]}}
+    (run_dir / "pipeline.json").write_text(json.dumps(info, indent=2))
+    report = timed("report", lambda: write_report(run_dir))
+    info["stage_seconds"] = stage_seconds
+    (run_dir / "pipeline.json").write_text(json.dumps(info, indent=2))
+    return {"report": str(report), "top1": {k: r["top1"] for k, r in results.items()},
+            "seconds": round(sum(stage_seconds.values()), 1)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="config.yaml")
+    ap.add_argument("--head-epochs", type=int, default=30)
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    args = ap.parse_args(argv)
+    from byol.cli import run_command
+    run_command(lambda: run_pipeline(args.config, args.overrides, args.head_epochs))
+
+
+if __name__ == "__main__":
+    main()

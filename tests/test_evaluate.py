@@ -1,0 +1,397 @@
+"""Downstream evaluation on feature stores: known answers, agreement with scikit-learn, honest
+selection, results files, head files, bad input, and both command-line entry points."""
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from byol.errors import StoreError
+from byol.evaluate import neighbors
+from byol.evaluate.blocks import fit_standardizer, iter_rows, rebatch
+from byol.evaluate.heads import head_outputs, head_record, load_head, save_head
+from byol.evaluate.logreg import evaluate_logreg
+from byol.evaluate.neighbors import evaluate_knn, running_topk, uniform_vote, weighted_vote
+from byol.evaluate.options import Options
+from byol.evaluate.pca import fit_projector
+from byol.evaluate.results import Tally, write_results
+from byol.evaluate.runner import run_baseline, run_head
+from byol.evaluate.splits import carve_validation, prepare
+from byol.evaluate.training import fit_selected, predict_blocks
+from byol.store import ShardWriter, write_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTRS = {"encoder": "resnet18", "checkpoint_sha256": "ab" * 32, "image_size": 96}
+SETTINGS = {"layer": "pool", "image_size": 96}
+
+
+def write_store(split_dir, x, y, shard_rows=37, attrs=ATTRS, settings=SETTINGS):
+    """A store of the given rows, in shards of shard_rows (several, to exercise shard boundaries)."""
+    x = np.asarray(x, np.float32)
+    entries = []
+    for i, start in enumerate(range(0, max(len(x), 1), shard_rows)):
+        with ShardWriter(split_dir, i, x.shape[1], attrs=attrs, settings=settings, chunk_rows=16) as w:
+            if len(x):
+                w.append(x[start:start + shard_rows], y[start:start + shard_rows],
+                         np.arange(start, min(start + shard_rows, len(x))))
+        entries.append(w.entry)
+    write_manifest(split_dir, entries, x.shape[1], "float32", settings, attrs)
+    return Path(split_dir)
+
+
+def clusters(n, classes=4, dim=8, sep=6.0, noise=1.0, seed=0):
+    """Gaussian blobs around fixed centres (same centres for every seed: train and test match)."""
+    centres = np.random.default_rng(1234).standard_normal((classes, dim)) * sep
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    return (centres[y] + noise * rng.standard_normal((n, dim))).astype(np.float32), y
+
+
+@pytest.fixture
+def separable(tmp_path):
+    xtr, ytr = clusters(300, classes=5, seed=0)
+    xte, yte = clusters(100, classes=5, seed=1)
+    return write_store(tmp_path / "f" / "train", xtr, ytr), write_store(tmp_path / "f" / "test", xte, yte)
+
+
+@pytest.fixture
+def overlapping(tmp_path):
+    """Hard enough that methods disagree somewhere: agreement tests mean something."""
+    xtr, ytr = clusters(400, classes=6, dim=10, sep=1.0, seed=2)
+    xte, yte = clusters(150, classes=6, dim=10, sep=1.0, seed=3)
+    write_store(tmp_path / "o" / "train", xtr, ytr), write_store(tmp_path / "o" / "test", xte, yte)
+    return tmp_path / "o" / "train", tmp_path / "o" / "test", (xtr, ytr, xte, yte)
+
+
+def predictions(scores_iter):
+    scores, labels = zip(*scores_iter)
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+FAST = Options(block_rows=16, epochs=15, lr=1e-2, hidden=(32,), dropout=0.0, batch_size=32)
+
+
+# ---- known answers --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric,weighting", [("cosine", "temperature"), ("euclidean", "uniform"),
+                                              ("cosine", "uniform"), ("euclidean", "temperature")])
+def test_knn_separable_clusters_is_perfect(separable, tmp_path, metric, weighting):
+    opts = replace(FAST, metric=metric, knn_weighting=weighting, results_dir=str(tmp_path / "r"))
+    result = run_baseline("knn", *separable, opts)
+    assert result["top1"] == 100.0 and result["top5"] == 100.0
+    assert result["streams"] is True and result["selection"]["on"] == "validation"
+    assert result["selected"]["k"] in opts.k_grid
+
+
+def test_heads_logreg_and_pca_on_separable_clusters(separable, tmp_path):
+    opts = replace(FAST, results_dir=str(tmp_path / "r"))
+    for kind in ("mlp", "linear"):
+        result = run_head(kind, *separable, opts)
+        assert result["top1"] >= 99.0, result
+        assert 1 <= result["selected"]["epochs"] <= opts.epochs
+        assert len(result["selection"]["val_top1"]) == opts.epochs
+    for method in ("logreg", "pca-logreg", "pca-knn"):
+        result = run_baseline(method, *separable, opts)
+        assert result["top1"] >= 99.0, result
+    assert result["pca_components"] == 8                # capped at the feature dimension
+
+
+def test_logreg_falls_back_to_streaming_over_the_memory_budget(separable, tmp_path):
+    opts = replace(FAST, max_memory_mb=1e-4, results_dir=str(tmp_path / "r"))
+    result = run_baseline("logreg", *separable, opts)
+    assert result["solver"].startswith("streaming") and result["streams"] is True
+    assert result["top1"] >= 99.0
+    result = run_baseline("logreg", *separable, replace(opts, max_memory_mb=64))
+    assert result["solver"] == "lbfgs" and result["streams"] is False
+
+
+# ---- agreement with scikit-learn on the same arrays in memory -------------------------------------
+
+def test_streaming_scaler_and_logreg_equal_sklearn_in_memory(overlapping):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train, test, (xtr, ytr, xte, yte) = overlapping
+    data = prepare(train, test, val_fraction=0.0)
+    scaler = fit_standardizer(data.train, data.train_mask, block_rows=16)
+    reference = StandardScaler().fit(xtr)
+    np.testing.assert_allclose(scaler.mean, reference.mean_, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(scaler.scale, reference.scale_, rtol=1e-6)
+    scores, _ = evaluate_logreg(data, replace(FAST, val_fraction=0.0, C=1.0), scaler)
+    probs, labels = predictions(scores)
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(reference.transform(xtr), ytr)
+    expected = model.predict_proba(reference.transform(xte))
+    np.testing.assert_array_equal(labels, yte)
+    np.testing.assert_allclose(probs, expected, atol=1e-3)
+    np.testing.assert_array_equal(probs.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_streaming_knn_equals_sklearn(overlapping, monkeypatch, metric):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    monkeypatch.setattr(neighbors, "QUERY_BYTES", 40 * 10 * 4)    # 40-query chunks: several bank passes
+    monkeypatch.setattr(neighbors, "SUB_ROWS", 7)
+    train, test, (xtr, ytr, xte, yte) = overlapping
+    data = prepare(train, test, val_fraction=0.0)
+    opts = replace(FAST, val_fraction=0.0, k=7, metric=metric, knn_weighting="uniform")
+    votes, labels = predictions(evaluate_knn(data, opts)[0])
+    reference = KNeighborsClassifier(n_neighbors=7, metric=metric, algorithm="brute").fit(xtr, ytr)
+    np.testing.assert_array_equal(labels, yte)
+    np.testing.assert_array_equal(data.classes[votes.argmax(1)], reference.predict(xte))
+    np.testing.assert_allclose(votes / 7, reference.predict_proba(xte))
+
+
+def test_running_topk_equals_brute_force():
+    rng = np.random.default_rng(0)
+    bank, queries = rng.standard_normal((103, 5)).astype(np.float32), rng.standard_normal((9, 5)).astype(np.float32)
+    labels = np.arange(103)
+    blocks = ((bank[i:i + 10], labels[i:i + 10]) for i in range(0, 103, 10))
+    scores, found = running_topk(blocks, queries, 12, "euclidean")
+    dist = ((queries[:, None] - bank[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(found, np.argsort(dist, axis=1)[:, :12])
+    np.testing.assert_allclose((queries ** 2).sum(1)[:, None] - scores, np.sort(dist, 1)[:, :12], atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["covariance", "incremental"])
+def test_streaming_pca_logreg_close_to_sklearn_pca_logreg(overlapping, solver):
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train, test, (xtr, ytr, xte, yte) = overlapping
+    data = prepare(train, test, val_fraction=0.0)
+    projector, info = fit_projector(data.train, data.train_mask, 5, block_rows=16, solver=solver)
+    probs, _ = predictions(evaluate_logreg(data, replace(FAST, val_fraction=0.0, C=1.0), projector)[0])
+    scaler = StandardScaler().fit(xtr)
+    pca = PCA(5).fit(scaler.transform(xtr))
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(pca.transform(scaler.transform(xtr)), ytr)
+    expected = model.predict(pca.transform(scaler.transform(xte)))
+    assert info["pca_components"] == 5 and info["pca_solver"] == solver
+    assert abs(info["pca_explained_variance"] - pca.explained_variance_ratio_.sum()) < 0.02
+    assert (probs.argmax(1) == expected).mean() >= 0.95
+    assert abs((probs.argmax(1) == yte).mean() - (expected == yte).mean()) <= 0.03
+    if solver == "covariance":                     # exact PCA: same components and signs as sklearn's
+        np.testing.assert_allclose(projector.components_t.T, pca.components_, atol=1e-4)
+        np.testing.assert_allclose(projector(xte), pca.transform(scaler.transform(xte)), atol=1e-3)
+        np.testing.assert_array_equal(probs.argmax(1), expected)
+
+
+# ---- votes and metrics ------------------------------------------------------------------------------
+
+def test_weighted_vote_hand_computed():
+    sim = np.array([[0.9, 0.5, 0.1], [0.2, 0.2, -0.4]])
+    labels = np.array([[0, 1, 0], [2, 2, 1]])
+    expected = np.array([[np.exp(1.8) + np.exp(0.2), np.exp(1.0), 0],
+                         [0, np.exp(-0.8), 2 * np.exp(0.4)]])
+    np.testing.assert_allclose(weighted_vote(sim, labels, 3, 0.5), expected)
+    torch_votes = weighted_vote(torch.tensor(sim), torch.tensor(labels), 3, 0.5)
+    np.testing.assert_allclose(torch_votes.numpy(), expected)
+    np.testing.assert_array_equal(uniform_vote(labels, 3), [[2, 1, 0], [0, 1, 2]])
+    # byol.knn (the training-time monitor) uses the same vote: one neighbour per class, k=2
+    from byol.knn import weighted_knn_scores
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    scores = weighted_knn_scores(train, torch.tensor([0, 1, 2]), torch.tensor([[1.0, 1.0]]), 3, k=2,
+                                 temperature=0.5)
+    c = np.exp(np.sqrt(0.5) / 0.5)
+    np.testing.assert_allclose(scores.numpy(), [[c, c, 0]], rtol=1e-5)
+
+
+def test_top5_only_with_at_least_five_classes(tmp_path):
+    for classes, has_top5 in ((4, False), (5, True)):
+        xtr, ytr = clusters(120, classes=classes, seed=0)
+        xte, yte = clusters(40, classes=classes, seed=1)
+        train = write_store(tmp_path / str(classes) / "train", xtr, ytr)
+        test = write_store(tmp_path / str(classes) / "test", xte, yte)
+        result = run_baseline("knn", train, test, replace(FAST, k=3))
+        assert ("top5" in result) == has_top5
+    tally = Tally(np.arange(6), np.arange(6))
+    tally.update(np.array([[0.0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]]), np.array([0, 0]))
+    assert tally.metrics() == {"top1": 50.0, "top5": 50.0}
+    assert tally.confusion[0, 5] == 1 and tally.confusion[0, 0] == 1
+
+
+# ---- honest selection ------------------------------------------------------------------------------
+
+def test_validation_carving_is_seeded_and_uses_labelled_train_rows_only():
+    labels = np.array([-1, 0, 1, 0, 1, -1, 0, 1, 0, 1] * 10)
+    a, b, c = (carve_validation(labels, 0.2, s) for s in (0, 0, 1))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.sum() == 16 and (labels[a] >= 0).all()
+    assert carve_validation(labels, 0.0, 0).sum() == 0
+
+
+def test_selection_never_reads_the_test_labels(tmp_path):
+    xtr, ytr = clusters(200, classes=5, sep=1.5, seed=0)
+    xte, yte = clusters(80, classes=5, sep=1.5, seed=1)
+    train = write_store(tmp_path / "a" / "train", xtr, ytr)
+    test = write_store(tmp_path / "a" / "test", xte, yte)
+    scrambled = write_store(tmp_path / "a" / "scrambled", xte, np.random.default_rng(0).permutation(yte))
+    data = prepare(train, test, val_fraction=0.25, seed=3)
+    assert data.val_mask.shape == (200,) and not (data.val_mask & ~data.train_mask).any()
+    assert not (data.val_mask & data.fit_mask).any()
+    for method in ("knn", "logreg"):
+        a = run_baseline(method, train, test, FAST)
+        b = run_baseline(method, train, scrambled, FAST)
+        assert a["selection"] == b["selection"] and a["selected"] == b["selected"]
+        assert a["top1"] != b["top1"]                       # the test labels do matter for the figure
+    heads = [run_head("linear", train, t, replace(FAST, epochs=4)) for t in (test, scrambled)]
+    assert heads[0]["selection"] == heads[1]["selection"]
+
+
+# ---- results files, head files ----------------------------------------------------------------------
+
+def test_results_are_never_overwritten_silently(separable, tmp_path):
+    opts = replace(FAST, k=3)
+    first = run_baseline("knn", *separable, opts)
+    second = run_baseline("knn", *separable, opts)
+    results = tmp_path / "f" / "results"
+    assert Path(first["results_file"]) == results / "knn.json"
+    assert Path(second["results_file"]) == results / "knn-2.json"
+    assert json.loads((results / "knn.json").read_text())["results_file"] == first["results_file"]
+    assert (results / "knn-2-confusion.csv").is_file() and (results / "knn-2-confusion.npy").is_file()
+    confusion = np.load(results / "knn-confusion.npy")
+    assert confusion.sum() == first["n_test"] and np.trace(confusion) == first["n_test"]
+    third = run_baseline("knn", *separable, replace(opts, overwrite=True))
+    assert Path(third["results_file"]) == results / "knn.json" and not (results / "knn-3.json").exists()
+    labels = np.array([3, 7])
+    out = write_results({"method": "x"}, np.eye(2, dtype=np.int64), labels, tmp_path / "w", "x")
+    assert (tmp_path / "w" / "x-confusion.csv").read_text().splitlines() == ["true\\pred,3,7", "3,1,0", "7,0,1"]
+    assert write_results({"method": "x"}, np.eye(2), labels, tmp_path / "w", "x")["results_file"].endswith("x-2.json")
+    assert out["confusion_labels"] == [3, 7]
+
+
+def test_head_save_load_round_trip(separable, tmp_path):
+    train, test = separable
+    data = prepare(train, test, val_fraction=0.1)
+    scaler = fit_standardizer(data.train, data.train_mask)
+    model, _ = fit_selected(data, replace(FAST, epochs=3, dropout=0.2), "mlp", mean=scaler.mean, std=scaler.scale)
+    path = save_head(tmp_path / "h.pt", head_record(model, "mlp", data.train.attrs, {"top1": 1.0}))
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "byol-head" and raw["kind"] == "mlp" and raw["hidden"] == [32]
+    assert raw["store_attrs"] == ATTRS and raw["classes"] == [0, 1, 2, 3, 4]
+    loaded, meta = load_head(path)
+    assert "state_dict" not in meta and meta["n_classes"] == 5
+    x = next(iter_rows(data.test, None, 64))["embeddings"]
+    a, b = head_outputs(model, x), head_outputs(loaded, x)
+    assert a.hidden.shape == (len(x), 32) and a.probs.shape == (len(x), 5)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+    np.testing.assert_array_equal(a.pred, b.pred)
+    np.testing.assert_allclose(b.probs.sum(1), 1, atol=1e-5)
+    t = head_outputs(loaded, torch.from_numpy(x))
+    assert isinstance(t.probs, torch.Tensor) and torch.equal(t.pred, torch.from_numpy(b.pred))
+    probs, _ = predictions(predict_blocks(loaded, data.test, data.test_mask, 16))
+    np.testing.assert_allclose(probs[:len(x)], b.probs, atol=1e-6)
+    # run_head's file reproduces its own test figure
+    result = run_head("linear", train, test, replace(FAST, epochs=3))
+    head, meta = load_head(result["head_file"])
+    xs, ys = (np.concatenate(v) for v in zip(*((b["embeddings"], b["labels"]) for b in iter_rows(data.test))))
+    assert 100 * (head_outputs(head, xs).pred == ys).mean() == pytest.approx(result["top1"])
+    assert meta["metrics"]["top1"] == result["top1"] and Path(result["head_file"]).name == "linear.pt"
+    assert Path(run_head("linear", train, test, replace(FAST, epochs=1))["head_file"]).name == "linear-2.pt"
+
+
+def test_iter_rows_shuffled_and_rebatch_cover_every_selected_row_once(separable):
+    train, _ = separable
+    store = prepare(train, separable[1]).train
+    mask = np.arange(store.n_rows) % 3 != 0
+    seen = np.concatenate([b["indices"] for b in iter_rows(store, mask, 16, fields=("indices",),
+                                                         rng=np.random.default_rng(0), mix=4)])
+    assert sorted(seen) == list(np.flatnonzero(mask))
+    batches = list(rebatch(iter_rows(store, mask, 16, fields=("indices",)), 50, min_last=20))
+    sizes = [len(b["indices"]) for b in batches]
+    assert sum(sizes) == mask.sum() and all(s == 50 for s in sizes[:-1]) and sizes[-1] >= 20
+
+
+# ---- bad input ----------------------------------------------------------------------------------------
+
+def bad_case(tmp_path, case):
+    x, y = clusters(60, seed=0)
+    train_dir, test_dir = tmp_path / case / "train", tmp_path / case / "test"
+    kwargs = {}
+    if case == "dim":
+        write_store(test_dir, x[:, :4], y)
+    elif case == "encoder":
+        write_store(test_dir, x, y, attrs=dict(ATTRS, checkpoint_sha256="cd" * 32))
+    elif case == "preprocessing":
+        write_store(test_dir, x, y, settings=dict(SETTINGS, image_size=64))
+    elif case == "test-unlabelled":
+        write_store(test_dir, x, np.full(60, -1))
+    elif case == "train-unlabelled":
+        kwargs["y"] = np.full(60, -1)
+    elif case == "single-class":
+        kwargs["y"] = np.where(y >= 0, 2, y)
+    elif case == "empty":
+        kwargs = {"x": np.zeros((0, 8), np.float32), "y": np.zeros(0, np.int64)}
+    write_store(train_dir, kwargs.get("x", x), kwargs.get("y", y))
+    if not test_dir.exists():
+        write_store(test_dir, x, y)
+    if case == "corrupt":
+        shard = sorted(train_dir.glob("shard-*.h5"))[0]
+        with h5py.File(shard, "r") as f:                    # flip bytes inside the first embeddings chunk
+            offset = f["embeddings"].id.get_chunk_info(0).byte_offset
+        data = bytearray(shard.read_bytes())
+        data[offset:offset + 16] = bytes(b ^ 0xFF for b in data[offset:offset + 16])
+        shard.write_bytes(bytes(data))
+    return train_dir, test_dir
+
+
+@pytest.mark.parametrize("case,blamed,words", [
+    ("dim", "both", "dim 8 vs 4"), ("encoder", "both", "checkpoint_sha256"),
+    ("preprocessing", "both", "settings.image_size 96 vs 64"), ("test-unlabelled", "test", "no labelled rows"),
+    ("train-unlabelled", "train", "no labelled rows"), ("single-class", "train", "single class"),
+    ("empty", "train", "empty"), ("corrupt", "train", "corrupt")])
+def test_bad_input_is_a_clear_store_error(tmp_path, case, blamed, words):
+    train, test = bad_case(tmp_path, case)
+    with pytest.raises(StoreError) as err:
+        run_baseline("knn", train, test, FAST)
+    message = str(err.value)
+    assert words in message and "\n" not in message
+    for role in (("train", "test") if blamed == "both" else (blamed,)):
+        assert str({"train": train, "test": test}[role]) in message
+
+
+def test_corrupt_shard_caught_while_reading_without_verify(tmp_path):
+    train, test = bad_case(tmp_path, "corrupt")
+    with pytest.raises(StoreError, match=str(train)):
+        run_baseline("knn", train, test, replace(FAST, verify=False))
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+
+def run_cli(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / "eval" / script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_entry_points_print_the_json_last_line(separable):
+    train, test = separable
+    proc = run_cli("baselines.py", "--train", train, "--test", test, "--method", "all", "--block-rows", 64,
+                   "--C-grid", "0.1,1", "--k-grid", "1,5")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["method"] == "all" and set(summary["top1"]) == {"logreg", "knn", "pca-logreg", "pca-knn"}
+    assert [json.loads(line)["method"] for line in lines[:-1]] == ["logreg", "knn", "pca-logreg", "pca-knn"]
+    assert all(v == 100.0 for v in summary["top1"].values())
+    proc = run_cli("load_and_train.py", "--train", train, "--test", test, "--head", "mlp", "--epochs", 3,
+                   "--hidden", "16", "--lr", 0.01)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("method", "top1", "top5", "n_train", "n_test", "seconds", "streams", "selected", "head_file"):
+        assert key in result
+    assert result["method"] == "mlp" and result["n_train"] == 300 and result["n_test"] == 100
+    assert Path(result["head_file"]) == train.parent / "heads" / "mlp.pt"
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path):
+    train, test = bad_case(tmp_path, "dim")
+    proc = run_cli("baselines.py", "--train", train, "--test", test, "--method", "knn")
+    assert proc.returncode == 2 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "dim 8 vs 4" in errors[0] and str(train) in errors[0]

@@ -1,0 +1,43 @@
+"""The one-command pipeline on the embedded digits: pretrain -> extract -> evaluate -> report."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from byol.pipeline import run_pipeline
+from byol.report import write_report
+
+TINY = ["data.max_images=0", "data_transforms.input_shape=(16,16,3)",
+        "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
+        "trainer.batch_size=64", "trainer.max_steps=2", "trainer.knn_every=1", "trainer.progress=false",
+        "trainer.tensorboard=false"]
+
+
+def test_pipeline_runs_end_to_end_and_report_regenerates(tmp_path):
+    run = tmp_path / "run"
+    out = run_pipeline("configs/demo.yaml", TINY + [f"trainer.run_dir={run}"], head_epochs=2)
+    assert set(out["top1"]) == {"linear", "mlp", "logreg", "knn", "pca-logreg", "pca-knn"}
+    assert all(10 <= v <= 100 for v in out["top1"].values())       # 10 classes: chance is 10%
+    assert out["top1"]["pca-knn"] > 80                               # raw digits are easy for kNN
+    report = Path(out["report"]).read_text()
+    for needle in ("BYOL + MLP head", "raw pixels + PCA + kNN", "loss.png", "embedding.png",
+                   "confusion.png", "Resolved config", "git_revision"):
+        assert needle in report, needle
+    for png in ("loss.png", "knn.png", "embedding.png", "confusion.png"):
+        assert (run / png).stat().st_size > 1000
+    info = json.loads((run / "pipeline.json").read_text())
+    assert {"pretrain", "extract train", "pixels test", "report"} <= set(info["stage_seconds"])
+
+    (run / "report.md").unlink()
+    (run / "loss.png").unlink()
+    cli = subprocess.run([sys.executable, "-m", "byol.report", str(run)], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout.strip().splitlines()[-1])["report"] == str(run / "report.md")
+    assert (run / "loss.png").is_file() and "BYOL + kNN" in (run / "report.md").read_text()
+
+
+def test_report_of_a_run_without_evaluation(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"step": i, "loss": 4 - i / 10, "collapse_std": 0.5}) for i in range(1, 6)))
+    text = write_report(tmp_path).read_text()
+    assert "loss.png" in text and "Results" not in text
