@@ -109,9 +109,9 @@ def encoder_state_from(obj: dict, path: str | Path = "<dict>") -> tuple[dict, di
                 "step": obj["step"], "config": obj["config"]}
     elif "conv1.weight" in obj and "layer1.0.conv1.weight" in obj:
         state, meta = obj, {}
-    else:
-        raise CheckpointError(f"checkpoint '{path}' is neither a byol checkpoint nor a torchvision "
-                              f"ResNet state dict (first keys: {list(obj)[:5]})")
+    else:   # byol-pytorch, sthalles/PyTorch-BYOL, solo-learn, mmpretrain: converted by name
+        from byol.checkpoint_import import convert_foreign
+        state, meta = convert_foreign(obj, path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if "network" not in meta:
         meta.update(infer_resnet(state, path))

@@ -68,6 +68,7 @@ def plot_embedding(test_store_dir: Path, out: Path, max_points: int = 2000, seed
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.permutation(len(store))[:max_points])
     x = store.to_array()[keep]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)      # standardise: a few large dimensions would dominate PCA
     y = store.labels()[keep]
     plt = _plt()
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.5))

@@ -43,7 +43,7 @@ def test_repository_configs_load():
     assert (cfg.network.name, cfg.trainer.batch_size, cfg.optimizer.params.lr) == ("resnet18", 64, 0.03)
     assert cfg.trainer.max_epochs == 80 and cfg.data.name == "stl10"
     demo = load_config("configs/demo.yaml")
-    assert demo.data.name == "digits" and demo.data_transforms.input_shape == (32, 32, 3)
+    assert demo.data.name == "digits" and demo.data_transforms.input_shape == (16, 16, 3)
 
 
 def test_overrides_take_precedence_and_parse_types(tmp_path):

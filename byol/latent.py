@@ -1,0 +1,476 @@
+"""Latent vectors (the encoder's pooled features) of arbitrary images, for people and scripts.
+
+Entry point: `latent_eval/generate_latent_out.py` (see its docstring for commands). Inputs, in
+the order given (each kept in that order):
+
+  image file         any Pillow-readable file, whatever its extension (decoded as `byol.extract`
+                     decodes image folders: EXIF-upright, RGB, shorter side to the checkpoint's
+                     image size, centre crop)
+  folder             every image file below it (extensions of byol.image_folder.EXTENSIONS,
+                     hidden files ignored), sorted by relative path exactly as an image-folder
+                     extraction sorts them
+  LIST.txt           one path per line (blank lines and lines starting with # ignored); relative
+                     paths are relative to the list file's folder
+  split:NAME         a split of the dataset in the checkpoint's config (e.g. split:test); change
+                     data settings with --set data.root=... (as `byol.extract` overrides)
+
+Vectors are computed with `EncoderSource.embed` (eval mode, fp32, ImageNet normalisation at the
+checkpoint's image size), i.e. exactly as `python -m byol.extract` computes them.
+
+Outputs (`--format`):
+
+  store (default)    OUT/ is one split directory of the feature store (byol/store.py): shards
+                     OUT/shard-NNNNN.h5 + OUT/manifest.json. Row fields: embeddings, labels (-1
+                     for files, the dataset label for split: inputs), indices (the input's position
+                     among all inputs, skipped ones included), paths (the input path as given,
+                     folder files joined to the folder; `split:NAME/<relative path or row>`).
+                     With --head, each shard also holds `head_hidden` [N, h] float32,
+                     `head_probs` [N, C] float32 and `head_pred` [N] int64, and the attribute
+                     `head_classes` (JSON list: the original label of each probs column).
+                     Read them with h5py (`FeatureStore` ignores them).
+  npy                OUT.npy [n_written, dim] float32 + OUT.paths.txt (one path a line, row order);
+                     with --head also OUT.head_hidden.npy, OUT.head_probs.npy, OUT.head_pred.npy and
+                     OUT.head_classes.json.
+  csv                OUT.csv: columns path, label, f0..f{dim-1}; with --head also h0..h{h-1},
+                     p_<class> per class and pred. Written row by row.
+
+Inputs that cannot be decoded (zero-byte files, text named .jpg, truncated files, images over
+Pillow's decompression-bomb limit, missing files) are skipped and listed, with the reason, in the
+report OUT/skipped.json (store) or OUT.skipped.json (npy, csv); with --strict the command then
+exits 2 naming them (the outputs and the report are still written). Memory stays bounded: store
+shards are appended per batch, npy rows go to a memory-mapped file, csv rows are written as they
+come. The summary (last stdout line) holds n_inputs, n_written, n_skipped, dim, out, format.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from byol.config import ConfigError, to_dict
+from byol.errors import DataError
+from byol.extract_sources import EncoderSource, load_source, read_rows
+from byol.image_folder import EXTENSIONS, _find_images, decode_image
+from byol.store import MANIFEST, ShardWriter, write_manifest
+
+log = logging.getLogger("byol")
+
+FORMATS = ("store", "npy", "csv")
+SPLIT_PREFIX = "split:"
+HEAD_FIELDS = ("head_hidden", "head_probs", "head_pred")
+
+
+# ------------------------------------------------------------------------------------ inputs
+@dataclass
+class SplitInput:
+    name: str
+    dataset: object
+    offset: int            # index of its first row among all inputs
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def _read_list(list_file: Path) -> list[str]:
+    out = []
+    for line in list_file.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line).expanduser()
+            out.append(str(p if p.is_absolute() else list_file.parent / p))
+    return out
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Input arguments -> an ordered list of file paths and `split:NAME` entries."""
+    out = []
+    for item in inputs:
+        item = str(item)
+        if item.startswith(SPLIT_PREFIX):
+            if not item[len(SPLIT_PREFIX):]:
+                raise ConfigError(f"--input {item!r}: give a split name, e.g. split:test")
+            out.append(item)
+            continue
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = _find_images([path], path)
+            if not found:
+                log.warning("folder '%s' holds no image files (%s)", path, " ".join(EXTENSIONS))
+            out += [str(p) for p, _ in found]
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            out += _read_list(path)
+        else:
+            out.append(str(path))   # a missing file is reported as skipped, not fatal
+    return out
+
+
+def _decode(path: str, size: int):
+    """(uint8 [3, S, S] tensor, None) or (None, reason)."""
+    try:
+        if not os.path.isfile(path):
+            return None, "not a file (missing or a directory)"
+        if os.path.getsize(path) == 0:
+            return None, "zero-byte file"
+        pixels = decode_image(Path(path), size)
+    except Exception as e:   # Pillow raises many kinds on bad files; bombs raise DecompressionBombError
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous(), None
+
+
+class _Files(torch.utils.data.Dataset):
+    """Item j = batch j of files: (start, [(index, path, image or None, reason)])."""
+
+    def __init__(self, paths: list[tuple[int, str]], size: int, batch_size: int):
+        self.paths, self.size, self.batch_size = paths, size, batch_size
+
+    def __len__(self) -> int:
+        return (len(self.paths) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, j: int):
+        part = self.paths[j * self.batch_size:(j + 1) * self.batch_size]
+        return [(i, p, *_decode(p, self.size)) for i, p in part]
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor | None        # uint8 [n, 3, S, S]
+    indices: np.ndarray                # int64 [n]
+    labels: np.ndarray                 # int64 [n]
+    paths: list[str]
+    skipped: list[dict]
+
+
+def iter_input_batches(entries: list, image_size: int, batch_size: int, num_workers: int) -> Iterator[Batch]:
+    """Batches in input order; a file run is decoded (optionally by DataLoader workers) per batch."""
+    run: list[tuple[int, str]] = []
+
+    def flush():
+        if not run:
+            return
+        files = _Files(list(run), image_size, batch_size)
+        run.clear()
+        loader = (torch.utils.data.DataLoader(files, batch_size=None, shuffle=False, num_workers=num_workers,
+                                              collate_fn=lambda x: x) if num_workers > 0
+                  else (files[j] for j in range(len(files))))
+        for items in loader:
+            ok = [it for it in items if it[2] is not None]
+            skipped = [{"index": i, "path": p, "reason": why} for i, p, im, why in items if im is None]
+            yield Batch(torch.stack([it[2] for it in ok]) if ok else None,
+                        np.array([it[0] for it in ok], np.int64), np.full(len(ok), -1, np.int64),
+                        [it[1] for it in ok], skipped)
+
+    index = 0
+    for entry in entries:
+        if isinstance(entry, SplitInput):
+            yield from flush()
+            ds = entry.dataset
+            for a in range(0, len(ds), batch_size):
+                b = min(a + batch_size, len(ds))
+                images, labels, rel = read_rows(ds, a, b)
+                names = rel if rel is not None else [str(i) for i in range(a, b)]
+                yield Batch(images, np.arange(entry.offset + a, entry.offset + b, dtype=np.int64),
+                            np.asarray(labels, np.int64), [f"{SPLIT_PREFIX}{entry.name}/{n}" for n in names], [])
+            index += len(ds)
+        else:
+            run.append((index, entry))
+            index += 1
+    yield from flush()
+
+
+# ------------------------------------------------------------------------------------ writers
+class StoreOut:
+    """OUT/ as one feature-store split: shards of `rows_per_shard` rows, manifest last."""
+
+    def __init__(self, out: Path, dim: int, attrs: dict, settings: dict, rows_per_shard: int, head_dims=None):
+        self.out, self.dim, self.attrs, self.settings = out, dim, attrs, settings
+        self.rows_per_shard, self.head_dims = rows_per_shard, head_dims
+        self.writer: ShardWriter | None = None
+        self.entries, self.shard = [], 0
+        out.mkdir(parents=True, exist_ok=True)
+
+    def _open(self):
+        self.writer = ShardWriter(self.out, self.shard, self.dim, "float32", with_paths=True, attrs=self.attrs,
+                                  settings=self.settings)
+        if self.head_dims is not None:
+            f = self.writer._file   # the extra head datasets live beside the standard ones
+            hidden, n_classes, classes = self.head_dims
+            for name, width, dtype in (("head_hidden", hidden, np.float32), ("head_probs", n_classes, np.float32),
+                                       ("head_pred", None, np.int64)):
+                shape = (width,) if width else ()
+                f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
+                                 chunks=(max(1, min(1024, 2**20 // max(1, width or 1))), *shape), dtype=dtype)
+            f.attrs["head_classes"] = json.dumps([int(c) for c in classes])
+
+    def write(self, emb, labels, indices, paths, head=None):
+        a = 0
+        while a < len(emb):
+            if self.writer is None:
+                self._open()
+            b = min(len(emb), a + self.rows_per_shard - self.writer.rows)
+            start = self.writer.rows
+            self.writer.append(emb[a:b], labels[a:b], indices[a:b], paths[a:b])
+            if head is not None:
+                for name, values in zip(HEAD_FIELDS, head):
+                    ds = self.writer._file[name]
+                    ds.resize(self.writer.rows, axis=0)
+                    ds[start:self.writer.rows] = values[a:b]
+            if self.writer.rows >= self.rows_per_shard:
+                self.entries.append(self.writer.close())
+                self.writer, self.shard = None, self.shard + 1
+            a = b
+
+    def close(self):
+        if self.writer is not None:
+            self.entries.append(self.writer.close())
+            self.writer = None
+        if not self.entries:   # no readable input: still a valid (empty) store
+            self._open()
+            self.entries.append(self.writer.close())
+            self.writer = None
+        write_manifest(self.out, self.entries, self.dim, "float32", self.settings, self.attrs)
+
+    def abort(self):
+        if self.writer is not None:
+            self.writer.abort()
+
+
+class _Npy:
+    """A float/int .npy filled through a memory map of the upper bound `rows`, trimmed on close."""
+
+    def __init__(self, path: Path, rows: int, shape: tuple, dtype):
+        self.path, self.shape, self.dtype = path, shape, dtype
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.map = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(max(rows, 1), *shape))
+        self.rows = 0
+
+    def write(self, values):
+        self.map[self.rows:self.rows + len(values)] = values
+        self.rows += len(values)
+
+    def close(self):
+        self.map.flush()
+        if self.rows == len(self.map):
+            del self.map
+            os.replace(self.tmp, self.path)
+            return
+        final = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(self.rows, *self.shape))
+        for a in range(0, self.rows, 65536):
+            final[a:a + 65536] = self.map[a:a + 65536]
+        final.flush()
+        del final, self.map
+        self.tmp.unlink()
+
+    def abort(self):
+        self.map = None
+        self.tmp.unlink(missing_ok=True)
+
+
+class NpyOut:
+    def __init__(self, out: Path, rows: int, dim: int, head_dims=None):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.arrays = {"": _Npy(Path(f"{out}.npy"), rows, (dim,), np.float32)}
+        if head_dims is not None:
+            hidden, n_classes, classes = head_dims
+            self.arrays["head_hidden"] = _Npy(Path(f"{out}.head_hidden.npy"), rows, (hidden,), np.float32)
+            self.arrays["head_probs"] = _Npy(Path(f"{out}.head_probs.npy"), rows, (n_classes,), np.float32)
+            self.arrays["head_pred"] = _Npy(Path(f"{out}.head_pred.npy"), rows, (), np.int64)
+            Path(f"{out}.head_classes.json").write_text(json.dumps([int(c) for c in classes]))
+        self.paths = open(f"{out}.paths.txt", "w", encoding="utf-8")
+
+    def write(self, emb, labels, indices, paths, head=None):
+        self.arrays[""].write(emb)
+        if head is not None:
+            for name, values in zip(HEAD_FIELDS, head):
+                self.arrays[name].write(values)
+        self.paths.writelines(p.replace("\n", " ") + "\n" for p in paths)
+
+    def close(self):
+        for a in self.arrays.values():
+            a.close()
+        self.paths.close()
+
+    def abort(self):
+        for a in self.arrays.values():
+            a.abort()
+        self.paths.close()
+
+
+class CsvOut:
+    def __init__(self, out: Path, dim: int, head_dims=None):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(f"{out}.csv", "w", encoding="utf-8", newline="")
+        self.csv = csv.writer(self.file)
+        header = ["path", "label"] + [f"f{i}" for i in range(dim)]
+        if head_dims is not None:
+            hidden, n_classes, classes = head_dims
+            header += [f"h{i}" for i in range(hidden)] + [f"p_{int(c)}" for c in classes] + ["pred"]
+        self.csv.writerow(header)
+
+    def write(self, emb, labels, indices, paths, head=None):
+        for r in range(len(emb)):
+            row = [paths[r], int(labels[r])] + [f"{v:.9g}" for v in emb[r]]
+            if head is not None:
+                row += [f"{v:.9g}" for v in head[0][r]] + [f"{v:.9g}" for v in head[1][r]] + [int(head[2][r])]
+            self.csv.writerow(row)
+
+    def close(self):
+        self.file.close()
+
+    def abort(self):
+        self.file.close()
+
+
+# ------------------------------------------------------------------------------------ command
+def _out_base(out: Path, fmt: str) -> Path:
+    if fmt != "store" and out.suffix.lower() in (".npy", ".csv"):
+        return out.with_suffix("")
+    return out
+
+
+def _check_out(out: Path, fmt: str, overwrite: bool) -> list[Path]:
+    """Refuse to mix with an earlier output unless `overwrite` (which deletes it first)."""
+    if fmt == "store":
+        existing = ([out / MANIFEST] + sorted(out.glob("shard-*.h5"))) if out.is_dir() else []
+        existing = [p for p in existing if p.exists()]
+    else:
+        existing = [p for p in out.parent.glob(f"{out.name}.*") if p.is_file()]
+    if existing and not overwrite:
+        raise ConfigError(f"--out '{out}' already holds output ({existing[0].name}); choose another --out "
+                          f"or pass --overwrite")
+    for p in existing:
+        p.unlink()
+    return existing
+
+
+def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str | None = None,
+             strict: bool = False, batch_size: int = 64, trust_checkpoint: bool = False,
+             overrides=(), device: str = "auto", num_workers: int = 0, rows_per_shard: int = 10_000,
+             overwrite: bool = False, progress: bool = True) -> dict:
+    """Embed `inputs` with the encoder of `checkpoint` and write them to `out`; returns the summary."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if int(batch_size) < 1 or int(rows_per_shard) < 1:
+        raise ConfigError("--batch-size and --rows-per-shard must be >= 1")
+    if not inputs:
+        raise ConfigError("give at least one --input (image, folder, list .txt or split:NAME)")
+    encoder, cfg = load_source(checkpoint, list(overrides), None, trust_checkpoint)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoder.to(torch.device(device))
+
+    head_model, head_dims = None, None
+    if head is not None:
+        from byol.evaluate.heads import head_outputs, load_head
+        head_model, head_meta = load_head(head, map_location=encoder.device)
+        if int(head_meta["in_dim"]) != encoder.dim:
+            raise ConfigError(f"--head '{head}' takes {head_meta['in_dim']}-d inputs but the encoder gives "
+                              f"{encoder.dim}-d vectors; use the head trained on this encoder's features")
+        theirs = (head_meta.get("store_attrs") or {}).get("checkpoint_sha256")
+        if theirs and theirs != encoder.checkpoint_sha256:
+            log.warning("--head was trained on features of another checkpoint (sha256 %s...); its outputs "
+                        "may be meaningless here", str(theirs)[:12])
+        hidden_width = head_model.classifier.in_features
+        head_dims = (hidden_width, head_model.n_classes, head_model.classes.cpu().tolist())
+
+    entries, offset = [], 0
+    for item in expand_inputs(inputs):
+        if item.startswith(SPLIT_PREFIX):
+            from byol.data import build_dataset
+            name = item[len(SPLIT_PREFIX):]
+            cfg.data.split = name
+            entries.append(SplitInput(name, build_dataset(cfg.data, encoder.image_size, name), offset))
+            offset += len(entries[-1])
+        else:
+            entries.append(item)
+            offset += 1
+    n_inputs = offset
+
+    base = _out_base(Path(out), fmt)
+    _check_out(base, fmt, overwrite)
+    attrs = {"encoder": encoder.name, "checkpoint": encoder.checkpoint, "checkpoint_sha256": encoder.checkpoint_sha256,
+             "step": encoder.step, "config": to_dict(cfg), "image_size": encoder.image_size,
+             "normalisation": encoder.normalisation, "layer": encoder.layer, "dataset": "latent-inputs",
+             "inputs": [str(i) for i in inputs], "head": str(head) if head else None}
+    settings = {"encoder": encoder.name, "checkpoint_sha256": encoder.checkpoint_sha256, "inputs": attrs["inputs"],
+                "image_size": encoder.image_size, "layer": encoder.layer, "dtype": "float32",
+                "rows_per_shard": int(rows_per_shard), "precision": "fp32"}
+    if fmt == "store":
+        writer = StoreOut(base, encoder.dim, attrs, settings, int(rows_per_shard), head_dims)
+        report = base / "skipped.json"
+    elif fmt == "npy":
+        writer = NpyOut(base, n_inputs, encoder.dim, head_dims)
+        report = Path(f"{base}.skipped.json")
+    else:
+        writer = CsvOut(base, encoder.dim, head_dims)
+        report = Path(f"{base}.skipped.json")
+
+    skipped, written = [], 0
+    bar = tqdm(total=n_inputs, unit="img", desc="latent", dynamic_ncols=True, disable=not progress)
+    try:
+        for batch in iter_input_batches(entries, encoder.image_size, int(batch_size), int(num_workers)):
+            skipped += batch.skipped
+            for s in batch.skipped:
+                log.warning("skipped '%s': %s", s["path"], s["reason"])
+            if batch.images is not None and len(batch.images):
+                emb = encoder.embed(batch.images)
+                outs = head_outputs(head_model, emb) if head_model is not None else None
+                writer.write(emb, batch.labels, batch.indices, batch.paths, outs)
+                written += len(emb)
+            bar.update(len(batch.paths) + len(batch.skipped))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    report.write_text(json.dumps({"n_skipped": len(skipped), "skipped": skipped}, indent=2), encoding="utf-8")
+
+    outputs = {"store": [str(base)], "npy": [f"{base}.npy", f"{base}.paths.txt"], "csv": [f"{base}.csv"]}[fmt]
+    if fmt == "npy" and head_dims is not None:
+        outputs += [f"{base}.{n}.npy" for n in HEAD_FIELDS] + [f"{base}.head_classes.json"]
+    summary = {"n_inputs": n_inputs, "n_written": written, "n_skipped": len(skipped), "dim": encoder.dim,
+               "out": str(base), "format": fmt, "outputs": outputs, "skipped_report": str(report),
+               "encoder": encoder.name, "head": str(head) if head else None,
+               "head_hidden_dim": head_dims[0] if head_dims else None, "device": str(encoder.device)}
+    if strict and skipped:
+        names = ", ".join(s["path"] for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+        raise DataError(f"--strict: {len(skipped)} of {n_inputs} inputs could not be read as images: {names} "
+                        f"(reasons in {report})")
+    return summary
+
+
+def main(argv=None, doc: str | None = None) -> None:
+    import argparse
+    from byol.cli import run_command
+    parser = argparse.ArgumentParser(prog="python latent_eval/generate_latent_out.py", description=doc or __doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True,
+                        help="encoder.pt, checkpoints/*.pt, a torchvision ResNet or an imported layout")
+    parser.add_argument("--input", nargs="+", required=True, action="extend", metavar="PATH",
+                        help="image files, folders, .txt lists, split:NAME (repeatable)")
+    parser.add_argument("--out", required=True, help="store: a directory; npy/csv: the file name stem")
+    parser.add_argument("--format", choices=FORMATS, default="store")
+    parser.add_argument("--head", default=None, help="a byol-head file: also write hidden, probs, pred")
+    parser.add_argument("--strict", action="store_true", help="exit 2 naming any input that is not an image")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding files")
+    parser.add_argument("--rows-per-shard", type=int, default=10_000)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--set", action="append", default=[], metavar="section.key=value",
+                        help="config override for split: inputs, e.g. --set data.root=/data")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow checkpoints that need pickle code to load (runs code from the file!)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier output at --out")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    run_command(lambda: generate(args.checkpoint, args.input, args.out, args.format, args.head, args.strict,
+                                 args.batch_size, args.trust_checkpoint, args.set, args.device, args.num_workers,
+                                 args.rows_per_shard, args.overwrite, not args.no_progress))
