@@ -263,7 +263,7 @@ class _Npy:
             return
         final = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(self.rows, *self.shape))
         for a in range(0, self.rows, 65536):
-            final[a:a + 65536] = self.map[a:a + 65536]
+            final[a:a + 65536] = self.map[a:min(a + 65536, self.rows)]
         final.flush()
         del final, self.map
         self.tmp.unlink()
@@ -271,11 +271,13 @@ class _Npy:
     def abort(self):
         self.map = None
         self.tmp.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
 
 
 class NpyOut:
     def __init__(self, out: Path, rows: int, dim: int, head_dims=None):
         out.parent.mkdir(parents=True, exist_ok=True)
+        self.base = out
         self.arrays = {"": _Npy(Path(f"{out}.npy"), rows, (dim,), np.float32)}
         if head_dims is not None:
             hidden, n_classes, classes = head_dims
@@ -301,6 +303,8 @@ class NpyOut:
         for a in self.arrays.values():
             a.abort()
         self.paths.close()
+        for p in (Path(self.paths.name), Path(f"{self.base}.head_classes.json")):
+            p.unlink(missing_ok=True)
 
 
 class CsvOut:
@@ -326,6 +330,7 @@ class CsvOut:
 
     def abort(self):
         self.file.close()
+        Path(self.file.name).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------ command
@@ -341,7 +346,9 @@ def _check_out(out: Path, fmt: str, overwrite: bool) -> list[Path]:
         existing = ([out / MANIFEST] + sorted(out.glob("shard-*.h5"))) if out.is_dir() else []
         existing = [p for p in existing if p.exists()]
     else:
-        existing = [p for p in out.parent.glob(f"{out.name}.*") if p.is_file()]
+        names = ["csv"] if fmt == "csv" else ["npy", "paths.txt", "head_classes.json",
+                                               *(f"{n}.npy" for n in HEAD_FIELDS)]
+        existing = [p for p in (Path(f"{out}.{n}") for n in names) if p.is_file()]   # OUT.skipped.json: replaced
     if existing and not overwrite:
         raise ConfigError(f"--out '{out}' already holds output ({existing[0].name}); choose another --out "
                           f"or pass --overwrite")

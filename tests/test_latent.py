@@ -1,0 +1,171 @@
+"""latent_eval/generate_latent_out.py: latent vectors of files, folders, lists and splits, equal to
+`byol.extract`'s; odd images converted or reported; store/npy/csv outputs; heads; --strict;
+no pickle code run (CPU, seconds)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from byol.config import load_config
+from byol.evaluate.heads import build_head, head_outputs, head_record, save_head
+from byol.extract import extract
+from byol.latent import generate
+from byol.store import FeatureStore
+from byol.train import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import TINY  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "latent_eval" / "generate_latent_out.py"
+GOOD = ["cls/rgb.jpg", "cls/gray.png", "rgba.png", "cmyk.jpg", "deep16.png", "tiny.png", "large.jpg",
+        "sub/deeper/palette.gif"]
+BAD = ["fake.jpg", "zero.jpg"]
+
+
+@pytest.fixture(scope="module")
+def encoder_pt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latent-run")
+    train(load_config(None, TINY + [f"trainer.run_dir={root / 'run'}", "trainer.max_steps=1"]))
+    return root / "run" / "encoder.pt"
+
+
+@pytest.fixture(scope="module")
+def odd_folder(tmp_path_factory):
+    """Every kind of surprise a real folder holds: modes, depths, sizes, and two non-images."""
+    d = tmp_path_factory.mktemp("odd") / "imgs"
+    for sub in ("cls", "sub/deeper"):
+        (d / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(d / "cls/rgb.jpg")
+    Image.fromarray(rng.integers(0, 255, (25, 20), dtype=np.uint8)).save(d / "cls/gray.png")
+    Image.fromarray(rng.integers(0, 255, (20, 30, 4), dtype=np.uint8), "RGBA").save(d / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16)).save(d / "deep16.png")
+    assert Image.open(d / "deep16.png").mode.startswith("I")
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(d / "tiny.png")
+    Image.fromarray(rng.integers(0, 255, (900, 1200, 3), dtype=np.uint8)).save(d / "large.jpg")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).convert("P").save(d / "sub/deeper/palette.gif")
+    (d / "fake.jpg").write_text("not an image")
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "notes.txt").write_text("ignored: not an image extension")
+    return d
+
+
+def rows_by_path(store_dir, root):
+    store = FeatureStore.open(store_dir, verify=True)
+    emb = store.to_array()
+    return {Path(p).relative_to(root).as_posix() if Path(p).is_absolute() else p: emb[i]
+            for i, p in enumerate(store.paths())}
+
+
+def test_folder_vectors_equal_byol_extract(encoder_pt, odd_folder, tmp_path):
+    extract(encoder_pt, "train", tmp_path / "ref", ["data.name=folder", f"data.root={odd_folder}"],
+            batch_size=3, num_workers=0, progress=False)
+    expected = rows_by_path(tmp_path / "ref" / "train", odd_folder)
+    summary = generate(encoder_pt, [str(odd_folder)], tmp_path / "lat", batch_size=4, progress=False,
+                       rows_per_shard=5)
+    assert summary["n_inputs"] == 10 and summary["n_written"] == 8 and summary["n_skipped"] == 2
+    assert summary["dim"] == 512 and summary["format"] == "store"
+    got = rows_by_path(tmp_path / "lat", odd_folder)
+    assert sorted(got) == sorted(expected) == sorted(GOOD)
+    for name in GOOD:
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-5, rtol=0, err_msg=name)
+    store = FeatureStore.open(tmp_path / "lat")
+    assert [s["rows"] for s in store.shards] == [5, 3]
+    assert (store.labels() == -1).all() and store.attrs["encoder"] == "resnet18"
+    report = json.loads((tmp_path / "lat" / "skipped.json").read_text())
+    assert sorted(Path(s["path"]).name for s in report["skipped"]) == BAD
+    assert any("zero-byte" in s["reason"] for s in report["skipped"])
+
+
+def test_npy_csv_and_head_outputs(encoder_pt, odd_folder, tmp_path):
+    head = build_head("mlp", 512, 3, hidden=(8,), classes=[2, 5, 7])
+    save_head(tmp_path / "head.pt", head_record(head, "mlp", {}, {}))
+    files = [str(odd_folder / n) for n in GOOD[:3]] + [str(odd_folder / "fake.jpg")]
+    (tmp_path / "list.txt").write_text("# a comment\n\n" + "\n".join(
+        [str(Path("..") / odd_folder.name / GOOD[3])] if False else [str(odd_folder / GOOD[3])]) + "\n")
+    inputs = files + [str(tmp_path / "list.txt")]
+    store = generate(encoder_pt, inputs, tmp_path / "s", head=str(tmp_path / "head.pt"), progress=False)
+    npy = generate(encoder_pt, inputs, tmp_path / "v.npy", fmt="npy", head=str(tmp_path / "head.pt"),
+                   progress=False, batch_size=2)
+    csv_ = generate(encoder_pt, inputs, tmp_path / "t", fmt="csv", head=str(tmp_path / "head.pt"), progress=False)
+    for s in (store, npy, csv_):
+        assert (s["n_inputs"], s["n_written"], s["n_skipped"]) == (5, 4, 1)
+    emb = FeatureStore.open(tmp_path / "s").to_array()
+    with h5py.File(tmp_path / "s" / "shard-00000.h5") as f:
+        hidden, probs, pred = f["head_hidden"][:], f["head_probs"][:], f["head_pred"][:]
+        assert json.loads(f.attrs["head_classes"]) == [2, 5, 7]
+        assert f["indices"][:].tolist() == [0, 1, 2, 4]     # input 3 (fake.jpg) skipped
+    expected = head_outputs(head, emb)
+    np.testing.assert_allclose(hidden, expected.hidden, atol=1e-5)
+    np.testing.assert_allclose(probs, expected.probs, atol=1e-6)
+    assert pred.tolist() == expected.pred.tolist() and set(pred) <= {2, 5, 7} and hidden.shape == (4, 8)
+
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), emb, atol=1e-6)
+    assert (tmp_path / "v.paths.txt").read_text().splitlines() == files[:3] + [str(odd_folder / GOOD[3])]
+    np.testing.assert_allclose(np.load(tmp_path / "v.head_probs.npy"), probs, atol=1e-6)
+    assert np.load(tmp_path / "v.head_pred.npy").tolist() == pred.tolist()
+    assert json.loads((tmp_path / "v.skipped.json").read_text())["skipped"][0]["path"] == files[3]
+
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[:3] == ["path", "label", "f0"] and header[-4:] == ["p_2", "p_5", "p_7", "pred"]
+    assert len(header) == 2 + 512 + 8 + 3 + 1 and len(lines) == 5
+    table = np.array([row.split(",")[2:2 + 512] for row in lines[1:]], dtype=np.float32)
+    np.testing.assert_allclose(table, emb, atol=1e-6)
+
+
+def test_split_input_equals_extract(encoder_pt, tmp_path):
+    extract(encoder_pt, "test", tmp_path / "ref", batch_size=32, progress=False)
+    ref = FeatureStore.open(tmp_path / "ref" / "test")
+    summary = generate(encoder_pt, ["split:test"], tmp_path / "lat", fmt="npy", batch_size=40, progress=False)
+    assert summary["n_written"] == ref.n_rows == 96
+    np.testing.assert_allclose(np.load(tmp_path / "lat.npy"), ref.to_array(), atol=1e-5, rtol=0)
+    assert (tmp_path / "lat.paths.txt").read_text().splitlines()[:2] == ["split:test/0", "split:test/1"]
+
+
+def cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args), "--no-progress"],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_strict_names_bad_files_and_summary_line(encoder_pt, odd_folder, tmp_path):
+    ok = cli("--checkpoint", encoder_pt, "--input", odd_folder / GOOD[0], odd_folder / "zero.jpg",
+             "--out", tmp_path / "o", "--format", "csv")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    summary = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert {k: summary[k] for k in ("n_inputs", "n_written", "n_skipped", "dim", "format")} == \
+        {"n_inputs": 2, "n_written": 1, "n_skipped": 1, "dim": 512, "format": "csv"}
+    strict = cli("--checkpoint", encoder_pt, "--input", odd_folder, "--out", tmp_path / "p", "--strict")
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr
+    error = [line for line in strict.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "fake.jpg" in error[0] and "zero.jpg" in error[0]
+    again = cli("--checkpoint", encoder_pt, "--input", odd_folder, "--out", tmp_path / "p")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_malicious_checkpoint_is_never_unpickled(tmp_path, odd_folder):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "byol-encoder", "state_dict": {}, "payload": _Evil(marker)}, evil)
+    run = cli("--checkpoint", evil, "--input", odd_folder / GOOD[0], "--out", tmp_path / "o")
+    assert run.returncode == 2 and not marker.exists()
+    assert "--trust-checkpoint" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "o").exists()
+    torch.load(evil, weights_only=False)   # the payload is real: unpickling it does run code
+    assert marker.exists()
