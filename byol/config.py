@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from byol.atomic import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A user mistake in a config file or override; the message names the key and what to do."""
@@ -309,7 +311,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

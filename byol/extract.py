@@ -35,7 +35,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 import torch.distributed as dist
 from tqdm import tqdm
 

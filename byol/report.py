@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from byol.atomic import atomic_write_text
+
 ROWS = [  # (label in the table, features, result key in pipeline.json)
     ("BYOL + linear head", "BYOL", "linear"),
     ("BYOL + MLP head", "BYOL", "mlp"),
@@ -143,11 +145,7 @@ def write_report(run_dir: str | Path) -> Path:
     if (run_dir / "config.yaml").exists():
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         md += ["## Resolved config", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).rstrip(), "```", ""]
-    path = run_dir / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(md))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(run_dir / "report.md", "\n".join(md))
 
 
 def main(argv=None):

@@ -38,6 +38,8 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from byol.atomic import atomic_path, atomic_write_text
+
 from byol.errors import StoreError
 
 FORMAT = "byol-feature-store"
@@ -229,16 +231,7 @@ def write_manifest(split_dir: str | Path, shards: list[dict], dim: int, dtype: s
                 "n_rows": sum(e["rows"] for e in entries), "shards": entries, "settings": settings,
                 "attrs": attrs, "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     path = split_dir / MANIFEST
-    tmp = split_dir / f".{MANIFEST}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(_to_json(manifest, indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, _to_json(manifest, indent=2))
     _fsync_dir(split_dir)
     return path
 
@@ -428,17 +421,11 @@ class FeatureStore:
                 for name, layout in layouts.items():
                     layout[row:row + rows] = h5py.VirtualSource(source, name, shape=(rows, *shapes[name]))
             row += rows
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        try:
-            with h5py.File(tmp, "w") as f:
-                for name, layout in layouts.items():
-                    f.create_virtual_dataset(name, layout)
-                f.attrs["settings_json"] = _to_json(self.settings, sort_keys=True)
-                f.attrs["attrs_json"] = _to_json(self.attrs, sort_keys=True)
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+            for name, layout in layouts.items():
+                f.create_virtual_dataset(name, layout)
+            f.attrs["settings_json"] = _to_json(self.settings, sort_keys=True)
+            f.attrs["attrs_json"] = _to_json(self.attrs, sort_keys=True)
         return out
 
 

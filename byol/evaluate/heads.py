@@ -16,7 +16,6 @@ activations, class probabilities and predicted class of a batch.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from byol.atomic import atomic_path
 from byol.errors import CheckpointError
 
 FORMAT = "byol-head"
@@ -109,16 +109,9 @@ def head_record(model: Head, kind: str, store_attrs: dict, metrics: dict) -> dic
 
 def save_head(path: str | Path, record: dict) -> Path:
     """torch.save atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(record, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_head(path: str | Path, map_location="cpu") -> tuple[Head, dict]:

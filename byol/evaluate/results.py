@@ -8,10 +8,11 @@ and `<method>-confusion.npy`. When any of those exists the next free suffix is u
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from byol.atomic import atomic_write_text
 
 CONFUSION_SUFFIXES = (".json", "-confusion.csv", "-confusion.npy")
 
@@ -117,7 +118,5 @@ def write_results(result: dict, confusion: np.ndarray, labels: np.ndarray, direc
                   confusion_labels=[int(v) for v in labels])
     write_confusion_csv(Path(result["confusion_csv"]), confusion, labels)
     np.save(result["confusion_npy"], confusion)
-    tmp = directory / f".{stem}.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, result["results_file"])
+    atomic_write_text(result["results_file"], json.dumps(result, indent=2) + "\n")
     return result
