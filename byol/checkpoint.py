@@ -16,7 +16,6 @@ Everything is read with `torch.load(..., weights_only=True)`: no pickle code eve
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from byol.atomic import atomic_path
 from byol.errors import CheckpointError
 
 __version__ = "0.1.0"
@@ -39,19 +39,9 @@ def atomic_save(obj, path: str | Path) -> Path:
     A crash (or a full disk) at any moment leaves either the old file or the new one, never a
     half-written file under the final name.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def load_file(path: str | Path, trust: bool = False) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from byol.config import ConfigError
-from byol.errors import CheckpointError, TrainingError
+from byol.errors import TrainingError
 from byol.extract_sources import load_source
 
 log = logging.getLogger("byol")
@@ -66,7 +66,7 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, out: Path, opset
     try:
         torch.onnx.export(module, (example,), str(out), input_names=["images"], output_names=["features"],
                           dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                          opset_version=opset, dynamo=True, external_data=False)
+                          opset_version=opset, dynamo=True, external_data=False, verbose=False)
     except TypeError:   # an older exporter without the `dynamo` / `external_data` arguments
         torch.onnx.export(module, (example,), str(out), input_names=["images"], output_names=["features"],
                           dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, opset_version=opset)

@@ -57,7 +57,7 @@ from tqdm import tqdm
 
 from byol.config import ConfigError, to_dict
 from byol.errors import DataError
-from byol.extract_sources import EncoderSource, load_source, read_rows
+from byol.extract_sources import load_source, read_rows
 from byol.image_folder import EXTENSIONS, _find_images, decode_image
 from byol.store import MANIFEST, ShardWriter, write_manifest
 
@@ -122,7 +122,11 @@ def _decode(path: str, size: int):
         pixels = decode_image(Path(path), size)
     except Exception as e:   # Pillow raises many kinds on bad files; bombs raise DecompressionBombError
         return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous(), None
+    return torch.from_numpy(np.array(pixels, np.uint8)).permute(2, 0, 1).contiguous(), None
+
+
+def _identity(x):
+    return x
 
 
 class _Files(torch.utils.data.Dataset):
@@ -158,7 +162,7 @@ def iter_input_batches(entries: list, image_size: int, batch_size: int, num_work
         files = _Files(list(run), image_size, batch_size)
         run.clear()
         loader = (torch.utils.data.DataLoader(files, batch_size=None, shuffle=False, num_workers=num_workers,
-                                              collate_fn=lambda x: x) if num_workers > 0
+                                              collate_fn=_identity) if num_workers > 0
                   else (files[j] for j in range(len(files))))
         for items in loader:
             ok = [it for it in items if it[2] is not None]
@@ -358,7 +362,7 @@ def _check_out(out: Path, fmt: str, overwrite: bool) -> list[Path]:
 
 
 def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str | None = None,
-             strict: bool = False, batch_size: int = 64, trust_checkpoint: bool = False,
+             strict: bool = False, batch_size: int = 256, trust_checkpoint: bool = False,
              overrides=(), device: str = "auto", num_workers: int = 0, rows_per_shard: int = 10_000,
              overwrite: bool = False, progress: bool = True) -> dict:
     """Embed `inputs` with the encoder of `checkpoint` and write them to `out`; returns the summary."""
@@ -399,6 +403,9 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
             entries.append(item)
             offset += 1
     n_inputs = offset
+    if n_inputs == 0:
+        raise DataError(f"no images found in --input {' '.join(map(str, inputs))} (folders are searched for "
+                        f"{' '.join(EXTENSIONS)} files)")
 
     base = _out_base(Path(out), fmt)
     _check_out(base, fmt, overwrite)
@@ -419,7 +426,22 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
         writer = CsvOut(base, encoder.dim, head_dims)
         report = Path(f"{base}.skipped.json")
 
-    skipped, written = [], 0
+    skipped, written, pending = [], 0, []
+
+    def embed(rows: int) -> int:
+        """Embed and write the first `rows` pending images (whole batches of the readable ones, so the
+        rows go through the encoder in the same groups as `byol.extract` with the same --batch-size)."""
+        images = torch.cat([b.images for b in pending])
+        labels, indices = np.concatenate([b.labels for b in pending]), np.concatenate([b.indices for b in pending])
+        paths = [p for b in pending for p in b.paths]
+        emb = encoder.embed(images[:rows])
+        outs = head_outputs(head_model, emb) if head_model is not None else None
+        writer.write(emb, labels[:rows], indices[:rows], paths[:rows], outs)
+        pending.clear()
+        if rows < len(images):
+            pending.append(Batch(images[rows:], indices[rows:], labels[rows:], paths[rows:], []))
+        return rows
+
     bar = tqdm(total=n_inputs, unit="img", desc="latent", dynamic_ncols=True, disable=not progress)
     try:
         for batch in iter_input_batches(entries, encoder.image_size, int(batch_size), int(num_workers)):
@@ -427,11 +449,12 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
             for s in batch.skipped:
                 log.warning("skipped '%s': %s", s["path"], s["reason"])
             if batch.images is not None and len(batch.images):
-                emb = encoder.embed(batch.images)
-                outs = head_outputs(head_model, emb) if head_model is not None else None
-                writer.write(emb, batch.labels, batch.indices, batch.paths, outs)
-                written += len(emb)
+                pending.append(batch)
+                while sum(len(b.paths) for b in pending) >= batch_size:
+                    written += embed(int(batch_size))
             bar.update(len(batch.paths) + len(batch.skipped))
+        if pending:
+            written += embed(sum(len(b.paths) for b in pending))
         writer.close()
     except BaseException:
         writer.abort()
@@ -467,7 +490,7 @@ def main(argv=None, doc: str | None = None) -> None:
     parser.add_argument("--format", choices=FORMATS, default="store")
     parser.add_argument("--head", default=None, help="a byol-head file: also write hidden, probs, pred")
     parser.add_argument("--strict", action="store_true", help="exit 2 naming any input that is not an image")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256, help="as byol.extract's (same rows, same groups)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding files")
     parser.add_argument("--rows-per-shard", type=int, default=10_000)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from byol.config import load_config
+from byol.config import load_config, to_dict
 from byol.evaluate.heads import build_head, head_outputs, head_record, save_head
 from byol.extract import extract
 from byol.latent import generate
 from byol.store import FeatureStore
-from byol.train import train
+from byol.model import build_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TINY  # noqa: E402
@@ -31,9 +31,18 @@ BAD = ["fake.jpg", "zero.jpg"]
 
 @pytest.fixture(scope="module")
 def encoder_pt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("latent-run")
-    train(load_config(None, TINY + [f"trainer.run_dir={root / 'run'}", "trainer.max_steps=1"]))
-    return root / "run" / "encoder.pt"
+    """encoder.pt as training writes it (byol/checkpoint.py layout), with random weights and BN
+    statistics: training a step (as tests/test_extract.py does) costs seconds and changes nothing here."""
+    path = tmp_path_factory.mktemp("latent-run") / "encoder.pt"
+    net, g = build_encoder("resnet18"), torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    cfg = load_config(None, TINY)
+    torch.save({"format": "byol-encoder", "state_dict": net.state_dict(), "network": "resnet18", "small_stem": False,
+                "feature_dim": 512, "step": 1, "config": to_dict(cfg)}, path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,7 @@ def odd_folder(tmp_path_factory):
     Image.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16)).save(d / "deep16.png")
     assert Image.open(d / "deep16.png").mode.startswith("I")
     Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(d / "tiny.png")
-    Image.fromarray(rng.integers(0, 255, (900, 1200, 3), dtype=np.uint8)).save(d / "large.jpg")
+    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(d / "large.jpg")
     Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).convert("P").save(d / "sub/deeper/palette.gif")
     (d / "fake.jpg").write_text("not an image")
     (d / "zero.jpg").write_bytes(b"")
@@ -69,7 +78,7 @@ def test_folder_vectors_equal_byol_extract(encoder_pt, odd_folder, tmp_path):
     extract(encoder_pt, "train", tmp_path / "ref", ["data.name=folder", f"data.root={odd_folder}"],
             batch_size=3, num_workers=0, progress=False)
     expected = rows_by_path(tmp_path / "ref" / "train", odd_folder)
-    summary = generate(encoder_pt, [str(odd_folder)], tmp_path / "lat", batch_size=4, progress=False,
+    summary = generate(encoder_pt, [str(odd_folder)], tmp_path / "lat", batch_size=3, progress=False,
                        rows_per_shard=5)
     assert summary["n_inputs"] == 10 and summary["n_written"] == 8 and summary["n_skipped"] == 2
     assert summary["dim"] == 512 and summary["format"] == "store"
@@ -89,8 +98,7 @@ def test_npy_csv_and_head_outputs(encoder_pt, odd_folder, tmp_path):
     head = build_head("mlp", 512, 3, hidden=(8,), classes=[2, 5, 7])
     save_head(tmp_path / "head.pt", head_record(head, "mlp", {}, {}))
     files = [str(odd_folder / n) for n in GOOD[:3]] + [str(odd_folder / "fake.jpg")]
-    (tmp_path / "list.txt").write_text("# a comment\n\n" + "\n".join(
-        [str(Path("..") / odd_folder.name / GOOD[3])] if False else [str(odd_folder / GOOD[3])]) + "\n")
+    (tmp_path / "list.txt").write_text(f"# a comment\n\n{odd_folder / GOOD[3]}\n")
     inputs = files + [str(tmp_path / "list.txt")]
     store = generate(encoder_pt, inputs, tmp_path / "s", head=str(tmp_path / "head.pt"), progress=False)
     npy = generate(encoder_pt, inputs, tmp_path / "v.npy", fmt="npy", head=str(tmp_path / "head.pt"),
@@ -123,10 +131,11 @@ def test_npy_csv_and_head_outputs(encoder_pt, odd_folder, tmp_path):
 
 
 def test_split_input_equals_extract(encoder_pt, tmp_path):
-    extract(encoder_pt, "test", tmp_path / "ref", batch_size=32, progress=False)
+    extract(encoder_pt, "test", tmp_path / "ref", ["data.max_images=40"], batch_size=16, progress=False)
     ref = FeatureStore.open(tmp_path / "ref" / "test")
-    summary = generate(encoder_pt, ["split:test"], tmp_path / "lat", fmt="npy", batch_size=40, progress=False)
-    assert summary["n_written"] == ref.n_rows == 96
+    summary = generate(encoder_pt, ["split:test"], tmp_path / "lat", fmt="npy", batch_size=16, progress=False,
+                       overrides=["data.max_images=40"])
+    assert summary["n_written"] == ref.n_rows == 40
     np.testing.assert_allclose(np.load(tmp_path / "lat.npy"), ref.to_array(), atol=1e-5, rtol=0)
     assert (tmp_path / "lat.paths.txt").read_text().splitlines()[:2] == ["split:test/0", "split:test/1"]
 
@@ -136,19 +145,32 @@ def cli(*args, cwd=REPO):
                           capture_output=True, text=True, cwd=cwd)
 
 
-def test_cli_strict_names_bad_files_and_summary_line(encoder_pt, odd_folder, tmp_path):
-    ok = cli("--checkpoint", encoder_pt, "--input", odd_folder / GOOD[0], odd_folder / "zero.jpg",
-             "--out", tmp_path / "o", "--format", "csv")
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    summary = json.loads(ok.stdout.strip().splitlines()[-1])
+def run_main(capsys, *args):
+    """The command's main() in-process (a subprocess costs seconds of imports): (exit code, stdout, stderr)."""
+    from byol.latent import main
+    code = 0
+    try:
+        main([*map(str, args), "--no-progress"])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_strict_names_bad_files_and_summary_line(encoder_pt, odd_folder, tmp_path, capsys):
+    code, out, err = run_main(capsys, "--checkpoint", encoder_pt, "--input", odd_folder / GOOD[0],
+                              odd_folder / "zero.jpg", "--out", tmp_path / "o", "--format", "csv")
+    assert code == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
     assert {k: summary[k] for k in ("n_inputs", "n_written", "n_skipped", "dim", "format")} == \
         {"n_inputs": 2, "n_written": 1, "n_skipped": 1, "dim": 512, "format": "csv"}
-    strict = cli("--checkpoint", encoder_pt, "--input", odd_folder, "--out", tmp_path / "p", "--strict")
-    assert strict.returncode == 2 and "Traceback" not in strict.stderr
-    error = [line for line in strict.stderr.splitlines() if line.startswith("error:")]
+    code, out, err = run_main(capsys, "--checkpoint", encoder_pt, "--input", odd_folder, "--out", tmp_path / "p",
+                              "--strict")
+    assert code == 2 and "Traceback" not in err
+    error = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "fake.jpg" in error[0] and "zero.jpg" in error[0]
-    again = cli("--checkpoint", encoder_pt, "--input", odd_folder, "--out", tmp_path / "p")
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    code, _, err = run_main(capsys, "--checkpoint", encoder_pt, "--input", odd_folder, "--out", tmp_path / "p")
+    assert code == 2 and "--overwrite" in err
 
 
 class _Evil:
