@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from byol.errors import WriteError
+
 
 def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -30,9 +32,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:        # ENOSPC, EDQUOT, EFBIG, EACCES ...: say which file, and that the old one stands
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_error(path: Path, error: OSError) -> WriteError:
+    kept = "the previous file is unchanged" if Path(path).exists() else "nothing was written"
+    return WriteError(f"could not write '{path}': {error.strerror or error} (errno {error.errno}); {kept}. "
+                      f"Free some space (or choose another directory) and run the command again")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

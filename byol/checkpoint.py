@@ -39,8 +39,13 @@ def atomic_save(obj, path: str | Path) -> Path:
     A crash (or a full disk) at any moment leaves either the old file or the new one, never a
     half-written file under the final name.
     """
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:   # torch reports a failed write as an opaque RuntimeError ...
+            if isinstance(e.__context__, OSError):   # ... raised while handling the real OSError
+                raise e.__context__ from None
+            raise
     return Path(path)
 
 
@@ -53,17 +58,35 @@ def load_file(path: str | Path, trust: bool = False) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
+        if not _starts_like_a_pickle(path):     # text, HTML, an image ...: torch calls it an "operand"
+            raise _not_pytorch(path, e) from None
         raise CheckpointError(
             f"checkpoint '{path}' needs arbitrary code to unpickle and was refused "
-            f"({str(e).splitlines()[0]}). Only load it if you trust its author: pass "
+            f"({_first_line(e)}). Only load it if you trust its author: pass "
             f"--trust-checkpoint") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"checkpoint '{path}' is truncated or not a PyTorch file "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              f"use another checkpoint (RUN_DIR/checkpoints/ keeps earlier ones)") from None
+        raise _not_pytorch(path, e) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _starts_like_a_pickle(path: Path) -> bool:
+    """torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (0x80, protocol 2-5)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _not_pytorch(path: Path, e: BaseException) -> CheckpointError:
+    what = "is empty" if path.stat().st_size == 0 else "is truncated or not a PyTorch file"
+    return CheckpointError(f"checkpoint '{path}' {what} ({type(e).__name__}: {_first_line(e)}); "
+                           f"use another checkpoint (RUN_DIR/checkpoints/ keeps earlier ones)")
 
 
 def load_training_checkpoint(path: str | Path) -> dict:

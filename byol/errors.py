@@ -20,6 +20,10 @@ class StoreError(DataError):
     """A feature store is missing, corrupt, or was written with other settings."""
 
 
+class WriteError(RuntimeError):
+    """A file could not be written (disk full, quota, permissions); the previous file is kept."""
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived during training; a checkpoint was written. `.step` tells where."""
 

@@ -25,6 +25,7 @@ refused unless --overwrite is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ from byol.data import build_dataset
 from byol.errors import StoreError
 from byol.extract_sources import PIXELS, PRECISIONS, default_workers, iter_batches, load_source
 from byol.store import DTYPES, MANIFEST, ShardWriter, file_sha256, shard_name, write_manifest
+from byol.write_lock import exclusive_writer
 
 log = logging.getLogger("byol")
 
@@ -114,65 +116,68 @@ def _extract(ctx, source, split, out, overrides, config_file, rows_per_shard, dt
              "dataset": cfg.data.name, "classes": list(getattr(dataset, "classes", []) or [])}
     with_paths = hasattr(dataset, "relative_path")
 
-    # Rank 0 inspects (and if asked, clears) the directory; everyone learns the outcome.
-    outcome = None
-    if ctx.is_main:
-        try:
-            outcome = ("ok", prepare_split_dir(split_dir, settings, n_shards, overwrite))
-        except StoreError as e:
-            outcome = ("error", str(e))
-    outcome = dist_utils.broadcast_object(outcome)
-    if outcome[0] == "error":
-        raise StoreError(outcome[1])
-    known_sha = outcome[1]
+    # Rank 0 holds the store's write lock until the manifest is written.
+    with contextlib.ExitStack() as held:
+        # Rank 0 inspects (and if asked, clears) the directory; everyone learns the outcome.
+        outcome = None
+        if ctx.is_main:
+            try:
+                held.enter_context(exclusive_writer(split_dir))   # a second extraction here refuses
+                outcome = ("ok", prepare_split_dir(split_dir, settings, n_shards, overwrite))
+            except StoreError as e:
+                outcome = ("error", str(e))
+        outcome = dist_utils.broadcast_object(outcome)
+        if outcome[0] == "error":
+            raise StoreError(outcome[1])
+        known_sha = outcome[1]
 
-    mine = [k for k in range(n_shards) if k % ctx.world_size == ctx.rank]
-    entries, todo = {}, []
-    for k in mine:
-        entry = reusable_shard(split_dir, k, _rows(k, n, rows_per_shard), encoder.dim, dtype, known_sha)
-        if entry is not None:
-            entries[k] = entry
-        else:
-            todo.append(k)
-    batches = [(k, a, min(a + batch_size, stop)) for k in todo
-               for start, stop in [_rows(k, n, rows_per_shard)] for a in range(start, stop, batch_size)]
-    rows_todo = sum(b - a for _, a, b in batches)
-    if ctx.is_main:
-        log.info("extracting %s (%d of %d rows, %d shards, %d reused) with %s on %s -> %s", split, rows_todo, n,
-                 n_shards, len(entries), encoder.name, ctx.device, split_dir)
-    workers = default_workers(dataset) if num_workers is None else int(num_workers)
-    sink = ShardSink(split_dir, encoder.dim, dtype, with_paths, attrs, settings)
-    bar = tqdm(total=rows_todo, unit="img", desc=f"extract {split}", dynamic_ncols=True,
-               disable=not (progress and ctx.is_main))
-    t_loop = time.perf_counter()
-    try:
-        for k, a, b, (images, labels, paths) in iter_batches(dataset, batches, workers):
-            sink.put(k, encoder.embed(images), labels, np.arange(a, b, dtype=np.int64), paths,
-                     last=b == _rows(k, n, rows_per_shard)[1])
-            bar.update(b - a)
-        entries.update(sink.finish())
-    except BaseException:
-        sink.abort()
-        raise
-    finally:
-        bar.close()
-    loop_s, reused = time.perf_counter() - t_loop, len(mine) - len(todo)
-    shards, done = list(entries.values()), rows_todo
-    if ctx.distributed:
-        gathered = [None] * ctx.world_size
-        dist.all_gather_object(gathered, (shards, rows_todo, reused, loop_s))
-        shards = [s for part in gathered for s in part[0]]
-        done, reused = sum(part[1] for part in gathered), sum(part[2] for part in gathered)
-        loop_s = max(part[3] for part in gathered)
-    if ctx.is_main:
-        write_manifest(split_dir, shards, encoder.dim, dtype, settings, attrs)
-    dist_utils.barrier()
-    seconds = time.perf_counter() - started
-    return {"split_dir": str(split_dir), "n_rows": n, "dim": encoder.dim, "n_shards": n_shards,
-            # seconds: the whole call; img_per_s: rows computed / time from first read to last shard closed
-            "seconds": round(seconds, 3), "img_per_s": round(done / loop_s, 2) if done else 0.0,
-            "extracted_rows": done, "reused_shards": reused, "encoder": encoder.name, "dtype": dtype,
-            "world_size": ctx.world_size, "device": str(ctx.device)}
+        mine = [k for k in range(n_shards) if k % ctx.world_size == ctx.rank]
+        entries, todo = {}, []
+        for k in mine:
+            entry = reusable_shard(split_dir, k, _rows(k, n, rows_per_shard), encoder.dim, dtype, known_sha)
+            if entry is not None:
+                entries[k] = entry
+            else:
+                todo.append(k)
+        batches = [(k, a, min(a + batch_size, stop)) for k in todo
+                   for start, stop in [_rows(k, n, rows_per_shard)] for a in range(start, stop, batch_size)]
+        rows_todo = sum(b - a for _, a, b in batches)
+        if ctx.is_main:
+            log.info("extracting %s (%d of %d rows, %d shards, %d reused) with %s on %s -> %s", split, rows_todo, n,
+                     n_shards, len(entries), encoder.name, ctx.device, split_dir)
+        workers = default_workers(dataset) if num_workers is None else int(num_workers)
+        sink = ShardSink(split_dir, encoder.dim, dtype, with_paths, attrs, settings)
+        bar = tqdm(total=rows_todo, unit="img", desc=f"extract {split}", dynamic_ncols=True,
+                   disable=not (progress and ctx.is_main))
+        t_loop = time.perf_counter()
+        try:
+            for k, a, b, (images, labels, paths) in iter_batches(dataset, batches, workers):
+                sink.put(k, encoder.embed(images), labels, np.arange(a, b, dtype=np.int64), paths,
+                         last=b == _rows(k, n, rows_per_shard)[1])
+                bar.update(b - a)
+            entries.update(sink.finish())
+        except BaseException:
+            sink.abort()
+            raise
+        finally:
+            bar.close()
+        loop_s, reused = time.perf_counter() - t_loop, len(mine) - len(todo)
+        shards, done = list(entries.values()), rows_todo
+        if ctx.distributed:
+            gathered = [None] * ctx.world_size
+            dist.all_gather_object(gathered, (shards, rows_todo, reused, loop_s))
+            shards = [s for part in gathered for s in part[0]]
+            done, reused = sum(part[1] for part in gathered), sum(part[2] for part in gathered)
+            loop_s = max(part[3] for part in gathered)
+        if ctx.is_main:
+            write_manifest(split_dir, shards, encoder.dim, dtype, settings, attrs)
+        dist_utils.barrier()
+        seconds = time.perf_counter() - started
+        return {"split_dir": str(split_dir), "n_rows": n, "dim": encoder.dim, "n_shards": n_shards,
+                # seconds: the whole call; img_per_s: rows computed / time from first read to last shard closed
+                "seconds": round(seconds, 3), "img_per_s": round(done / loop_s, 2) if done else 0.0,
+                "extracted_rows": done, "reused_shards": reused, "encoder": encoder.name, "dtype": dtype,
+                "world_size": ctx.world_size, "device": str(ctx.device)}
 
 
 def _rows(k: int, n: int, rows_per_shard: int) -> tuple[int, int]:

@@ -4,6 +4,7 @@ outputs) and finishes with a summary; see byol/latent.py for the file layouts.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -13,6 +14,7 @@ import numpy as np
 
 from byol.config import ConfigError
 from byol.store import MANIFEST, ShardWriter, write_manifest
+from byol.write_lock import exclusive_writer
 
 HEAD_FIELDS = ("head_hidden", "head_probs", "head_pred")
 
@@ -24,7 +26,8 @@ class StoreOut:
         self.rows_per_shard, self.head_dims = rows_per_shard, head_dims
         self.writer: ShardWriter | None = None
         self.entries, self.shard = [], 0
-        out.mkdir(parents=True, exist_ok=True)
+        self.lock = contextlib.ExitStack()     # held until close()/abort(): one writer per store
+        self.lock.enter_context(exclusive_writer(out, "latent-vector run"))
 
     def _open(self):
         self.writer = ShardWriter(self.out, self.shard, self.dim, "float32", with_paths=True, attrs=self.attrs,
@@ -66,10 +69,12 @@ class StoreOut:
             self.entries.append(self.writer.close())
             self.writer = None
         write_manifest(self.out, self.entries, self.dim, "float32", self.settings, self.attrs)
+        self.lock.close()
 
     def abort(self):
         if self.writer is not None:
             self.writer.abort()
+        self.lock.close()
 
 
 class _Npy:

@@ -5,6 +5,7 @@ Every downstream tool (k-NN, linear probe, PCA, export) reads this. A split is a
     split_dir/
         shard-00000.h5, shard-00001.h5, ...   one HDF5 file each, renamed into place when complete
         manifest.json                          written last: its presence means the split is complete
+        .lock                                  held (flock) by the process writing the split (byol/write_lock.py)
 
 Each shard holds row-aligned datasets (N = rows in that shard, D = dim):
 
@@ -38,7 +39,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from byol.atomic import atomic_path, atomic_write_text
+from byol.atomic import atomic_path, atomic_write_text, write_error
 
 from byol.errors import StoreError
 
@@ -129,12 +130,16 @@ class ShardWriter:
         self.dim, self.dtype, self.with_paths = int(dim), np.dtype(dtype), with_paths
         self.rows = 0
         self.entry: dict | None = None
-        self._file: h5py.File | None = h5py.File(self.tmp, "w")
+        self._file: h5py.File | None = None
         try:
+            self._file = h5py.File(self.tmp, "w")
             self._create_datasets(chunk_rows)
             for key, value in (attrs or {}).items():
                 self._file.attrs[key] = _attr_value(value)
             self._file.attrs["settings_json"] = _to_json(settings or {}, sort_keys=True)
+        except OSError as e:    # disk full, no permission: the earlier shards stay as they are
+            self.abort()
+            raise write_error(self.path, e) from e
         except BaseException:
             self.abort()
             raise
@@ -173,10 +178,14 @@ class ShardWriter:
             if values.shape[:1] != (n,) or (name != "embeddings" and values.ndim != 1):
                 raise ValueError(f"{name} must have shape [{n}], got {values.shape}")
         start, self.rows = self.rows, self.rows + n
-        for name, values in columns.items():
-            dataset = self._file[name]
-            dataset.resize(self.rows, axis=0)
-            dataset[start:self.rows] = values
+        try:
+            for name, values in columns.items():
+                dataset = self._file[name]
+                dataset.resize(self.rows, axis=0)
+                dataset[start:self.rows] = values
+        except OSError as e:    # disk full mid-shard: drop this shard's temp file, keep finished shards
+            self.abort()
+            raise write_error(self.path, e) from e
 
     def close(self) -> dict:
         """Finish the shard: flush, fsync, hash the temp file, rename it into place; returns its manifest entry."""
@@ -191,6 +200,9 @@ class ShardWriter:
             _fsync(self.tmp)
             digest = file_sha256(self.tmp)  # the bytes that the rename puts under the final name
             os.replace(self.tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise write_error(self.path, e) from e
         except BaseException:
             self.abort()
             raise

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from byol import checkpoint as ckpt_io
 from byol import distributed as dist_utils
+from byol.atomic import atomic_write_text
 from byol.augment import BYOLViews
 from byol.config import Config, ConfigError, save_config, to_dict
 from byol.data import build_dataset
@@ -105,14 +106,29 @@ def export_encoder(cfg: Config, online: OnlineNetwork, step: int, path: Path) ->
 class MetricsLog:
     """metrics.jsonl (always) and TensorBoard scalars (when the package is installed); rank 0 only."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resumed_step: int = 0):
         self.enabled, self.path, self.tb = enabled, run_dir / "metrics.jsonl", None
+        if enabled and self.path.exists():
+            self._keep_up_to(resumed_step)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
                 log.info("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def _keep_up_to(self, step: int) -> None:
+        """A run killed after its last checkpoint logged steps that the resumed run does again (and
+        maybe half a line): keep only rows up to the checkpoint's step, so every step appears once."""
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                kept.append(line + "\n")
+        atomic_write_text(self.path, "".join(kept))
 
     def write(self, row: dict) -> None:
         if not self.enabled:
@@ -130,9 +146,12 @@ class MetricsLog:
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
-    """The config saved in RUN_DIR/checkpoints/last.pt, with `overrides` applied on top."""
+    """The config saved in RUN_DIR/checkpoints/last.pt, with `overrides` applied on top. A run that
+    stopped before its first checkpoint is restarted from its RUN_DIR/config.yaml."""
     from byol.config import load_config
     path = Path(run_dir) / "checkpoints" / "last.pt"
+    if not path.is_file() and (Path(run_dir) / "config.yaml").is_file():
+        return load_config(Path(run_dir) / "config.yaml", [f"trainer.run_dir={run_dir}", *(overrides or [])])
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no checkpoint at '{path}'; pass the run directory "
                           f"of an earlier run (its trainer.run_dir)")
@@ -195,7 +214,13 @@ def _train(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> dict:
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     step = 0
-    if resume is not None:
+    if resume is not None and ctx.is_main:
+        for stale in ckpt_dir.glob(".*.tmp-*"):    # a checkpoint write cut short by a kill
+            log.info("removing %s, left by an interrupted checkpoint write", stale)
+            stale.unlink(missing_ok=True)
+    if resume is not None and not (ckpt_dir / "last.pt").exists():
+        log.info("%s has no checkpoint yet (stopped before the first one): starting it from step 0", run_dir)
+    elif resume is not None:
         state = ckpt_io.load_training_checkpoint(ckpt_dir / "last.pt")
         online.load_state_dict(state["online"])
         if target is not None:
@@ -213,7 +238,7 @@ def _train(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> dict:
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    metrics = MetricsLog(run_dir, ctx.is_main, t.tensorboard)
+    metrics = MetricsLog(run_dir, ctx.is_main, t.tensorboard, resumed_step=step)
     knn_sets = None
     if t.knn_every > 0 and ctx.is_main:
         knn_sets = (build_dataset(cfg.data, size, cfg.data.knn_train_split),

@@ -105,7 +105,7 @@ def test_interrupted_extraction_resumes_to_the_same_store(run_dir, tmp_path, mon
         extract(run_dir / "encoder.pt", "test", tmp_path / "cut", **FAST)
     monkeypatch.undo()
     split = tmp_path / "cut" / "test"
-    assert sorted(os.listdir(split)) == [shard_name(0), shard_name(1)]    # no manifest, no temp file
+    assert sorted(os.listdir(split)) == [".lock", shard_name(0), shard_name(1)]    # no manifest, no temp file
     resumed = extract(run_dir / "encoder.pt", "test", tmp_path / "cut", **FAST)
     assert resumed["reused_shards"] == 2 and resumed["extracted_rows"] == 16
     assert shard_hashes(split) == reference

@@ -47,3 +47,16 @@ def test_save_feature_tensor_notebook_writes_a_store(tiny_encoder, tmp_path):
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
     assert images, "the PCA scatter was not drawn"
+
+
+def test_explore_results_notebook_rebuilds_table_and_plots(pipeline_run):
+    run, summary = pipeline_run
+    nb = execute(ROOT / "notebooks" / "explore_results.ipynb", {"run_dir": str(run), "max_points": 300}, ROOT)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert len(tables) == 1
+    for method, top1 in summary["top1"].items():      # every result, with the figure the pipeline printed
+        assert f"| {method} |" in tables[0] and f"| {top1:.1f} |" in tables[0]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3    # curves, 2-D views, confusion
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "hardest class:" in text and text.count("test label") == 8

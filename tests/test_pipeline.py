@@ -4,18 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from byol.pipeline import run_pipeline
 from byol.report import write_report
 
-TINY = ["data.max_images=0", "data_transforms.input_shape=(16,16,3)",
-        "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
-        "trainer.batch_size=64", "trainer.max_steps=2", "trainer.knn_every=1", "trainer.progress=false",
-        "trainer.tensorboard=false"]
 
-
-def test_pipeline_runs_end_to_end_and_report_regenerates(tmp_path):
-    run = tmp_path / "run"
-    out = run_pipeline("configs/demo.yaml", TINY + [f"trainer.run_dir={run}"], head_epochs=2)
+def test_pipeline_runs_end_to_end_and_report_regenerates(pipeline_run):
+    run, out = pipeline_run      # tests/conftest.py: configs/demo.yaml with tiny settings
     assert set(out["top1"]) == {"linear", "mlp", "logreg", "knn", "pca-logreg", "pca-knn"}
     assert all(10 <= v <= 100 for v in out["top1"].values())       # 10 classes: chance is 10%
     assert out["top1"]["pca-knn"] > 80                               # raw digits are easy for kNN

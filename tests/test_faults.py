@@ -1,0 +1,324 @@
+"""Fault injection: SIGKILL at random moments of training and extraction, a disk that fills up,
+and two extractions racing for one store. Nothing may be lost and no result may differ.
+
+Kill trials run the real commands (`python main.py`, `python -m byol.extract`) as subprocesses and
+kill them with SIGKILL (no handler runs, as with the OOM killer or a lost node) at moments drawn
+from a seeded RNG: right after a given step or shard lands (often inside the checkpoint or shard
+write that follows), or at a random time after start-up. Each trial then reruns the command
+(`--resume` for training) until it finishes, and compares the result with an uninterrupted run:
+every tensor of the final checkpoint equal, every shard's SHA-256 equal.
+
+    python -m pytest tests/test_faults.py                  # the sample that .ci/run runs
+    python -m pytest tests/test_faults.py -m slow          # the full set of trials
+"""
+import errno
+import hashlib
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+import byol.checkpoint as ckpt_module
+from byol.config import load_config
+from byol.errors import StoreError, WriteError
+from byol.extract import extract
+from byol.store import FeatureStore, file_sha256
+from byol.train import resume_config, train
+from byol.write_lock import exclusive_writer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import TINY  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_ARGS = TINY + ["trainer.max_steps=10", "trainer.checkpoint_interval=1", "trainer.seed=3"]
+FAST_TRIALS, SLOW_TRIALS = 2, 12
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def tensors_equal(a, b, where="") -> list[str]:
+    """Paths of the entries where two nested checkpoint dicts differ (tensors compared exactly)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return [] if a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) else [where]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{where} keys"]
+        return [d for k in a for d in tensors_equal(a[k], b[k], f"{where}.{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return [f"{where} length"] if len(a) != len(b) else \
+            [d for i, (x, y) in enumerate(zip(a, b)) for d in tensors_equal(x, y, f"{where}[{i}]")]
+    return [] if a == b else [where]
+
+
+def final_state(run_dir: Path) -> dict:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    encoder = torch.load(run_dir / "encoder.pt", weights_only=True)
+    return {"step": ckpt["step"], "online": ckpt["online"], "target": ckpt["target"],
+            "optimizer": ckpt["optimizer"], "encoder": encoder["state_dict"]}
+
+
+def logged_steps(run_dir: Path) -> int:
+    try:
+        return (run_dir / "metrics.jsonl").read_text().count('"loss"')
+    except OSError:
+        return 0
+
+
+def start_training(run_dir: Path) -> subprocess.Popen:
+    """`python main.py --resume RUN_DIR` once the run has written its config; a fresh start before that."""
+    if (run_dir / "config.yaml").exists():
+        cmd = [sys.executable, "main.py", "--resume", str(run_dir)]
+    else:
+        cmd = [sys.executable, "main.py", *TRAIN_ARGS, f"trainer.run_dir={run_dir}"]
+    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_when(proc: subprocess.Popen, ready, rng: random.Random, timeout: float = 180) -> bool:
+    """SIGKILL `proc` a random 0-40 ms after `ready()` turns true; False if it finished first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(rng.uniform(0, 0.04))
+    if proc.poll() is not None:
+        return False
+    proc.kill()
+    proc.wait()
+    return True
+
+
+def finish(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> dict:
+    """The uninterrupted run, by the same command the trials use."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    finish(start_training(run))
+    return final_state(run)
+
+
+# --------------------------------------------------------------------------- training kills
+
+def training_trial(run: Path, seed: int) -> int:
+    """Kill a training run twice at random moments, resume until done; returns the kills that landed."""
+    rng, kills = random.Random(seed), 0
+    for attempt in range(2):
+        proc = start_training(run)
+        if rng.random() < 0.25:     # anywhere, start-up included (imports, dataset, config write)
+            t0 = time.monotonic()
+            delay = rng.uniform(0.5, 3.0)
+            kills += kill_when(proc, lambda: time.monotonic() - t0 > delay, rng)
+        else:                       # just after step N is logged: the checkpoint write follows
+            target = rng.randint(1, 9)
+            kills += kill_when(proc, lambda: logged_steps(run) >= target, rng)
+        if (run / "checkpoints" / "last.pt").exists():     # whatever moment it died, last.pt is whole
+            torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    finish(start_training(run))
+    return kills
+
+
+def check_trial(run: Path, reference: dict, kills: int = 1) -> None:
+    assert kills >= 1, "no kill landed: the run finished first"
+    assert not tensors_equal(final_state(run), reference), tensors_equal(final_state(run), reference)
+    assert not list((run / "checkpoints").glob(".*.tmp-*"))
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (run / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == list(range(1, 11))      # every step logged exactly once, despite the kills
+
+
+@pytest.mark.parametrize("seed", range(FAST_TRIALS))
+def test_training_killed_at_random_moments_resumes_to_identical_weights(tmp_path, reference_run, seed):
+    kills = training_trial(tmp_path / "run", seed)
+    check_trial(tmp_path / "run", reference_run, kills)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(FAST_TRIALS, FAST_TRIALS + SLOW_TRIALS))
+def test_training_kill_trials_full_set(tmp_path, reference_run, seed):
+    kills = training_trial(tmp_path / "run", seed)
+    check_trial(tmp_path / "run", reference_run, kills)
+
+
+DIE_IN_CHECKPOINT_WRITE = """
+import io, os, runpy, signal, sys, torch
+real_save, calls = torch.save, [0]
+def dying_save(obj, f, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] < {n}:
+        return real_save(obj, f, *args, **kwargs)
+    buffer = io.BytesIO()
+    real_save(obj, buffer, *args, **kwargs)
+    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])   # half the checkpoint reaches the disk
+    f.flush(); os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+sys.argv = ["main.py"] + sys.argv[1:]
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+def test_killed_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, reference_run):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", DIE_IN_CHECKPOINT_WRITE.format(n=4), *TRAIN_ARGS,
+                           f"trainer.run_dir={run}"], cwd=REPO, env=ENV, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    half_written = list((run / "checkpoints").glob(".last.pt.tmp-*"))
+    assert len(half_written) == 1 and half_written[0].stat().st_size > 0
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 3   # the previous one
+    finish(start_training(run))
+    check_trial(run, reference_run)
+
+
+# --------------------------------------------------------------------------- extraction kills
+
+@pytest.fixture(scope="module")
+def encoder_path(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("extract-encoder")
+    train(load_config(None, TINY + [f"trainer.run_dir={root / 'run'}", "trainer.max_steps=1"]))
+    return root / "run" / "encoder.pt"
+
+
+def extract_command(encoder: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "byol.extract", str(encoder), "--split", "train", "--out", str(out),
+            "--rows-per-shard", "48", "--batch-size", "8", "--num-workers", "0", "--no-progress",
+            "data.max_images=480"]
+
+
+def store_digest(split_dir: Path) -> dict:
+    FeatureStore.open(split_dir, verify=True)
+    return {p.name: file_sha256(p) for p in sorted(split_dir.glob("shard-*.h5"))}
+
+
+@pytest.fixture(scope="module")
+def reference_store(tmp_path_factory, encoder_path) -> dict:
+    out = tmp_path_factory.mktemp("reference-store")
+    subprocess.run(extract_command(encoder_path, out), cwd=REPO, env=ENV, check=True, capture_output=True)
+    return store_digest(out / "train")
+
+
+def extraction_trial(encoder: Path, out: Path, seed: int) -> int:
+    rng, kills = random.Random(seed), 0
+    for _ in range(2):
+        proc = subprocess.Popen(extract_command(encoder, out), cwd=REPO, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        target = rng.randint(0, 9)        # finished shards before the kill (0: during set-up / shard 0)
+        kills += kill_when(proc, lambda: len(list(out.glob("train/shard-*.h5"))) >= target, rng)
+    finish(subprocess.Popen(extract_command(encoder, out), cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    return kills
+
+
+@pytest.mark.parametrize("seed", range(FAST_TRIALS))
+def test_extraction_killed_at_random_moments_completes_byte_identical(tmp_path, encoder_path,
+                                                                      reference_store, seed):
+    assert extraction_trial(encoder_path, tmp_path, seed) >= 1
+    assert store_digest(tmp_path / "train") == reference_store
+    assert not list((tmp_path / "train").glob(".shard-*.tmp-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(FAST_TRIALS, FAST_TRIALS + SLOW_TRIALS))
+def test_extraction_kill_trials_full_set(tmp_path, encoder_path, reference_store, seed):
+    assert extraction_trial(encoder_path, tmp_path, seed) >= 1
+    assert store_digest(tmp_path / "train") == reference_store
+
+
+# --------------------------------------------------------------------------- a full disk
+
+def no_space(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    train(load_config(None, TINY + [f"trainer.run_dir={tmp_path / 'run'}", "trainer.max_steps=2",
+                                    "trainer.checkpoint_interval=1"]))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    before = sha(last)
+
+    def save_until_full(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial")       # some bytes reach the temp file, then the disk is full
+        no_space()
+    monkeypatch.setattr(ckpt_module.torch, "save", save_until_full)
+    with pytest.raises(WriteError, match=r"could not write '.*last\.pt': No space left on device.*"
+                                         r"previous file is unchanged"):
+        train(resume_config(tmp_path / "run", ["trainer.max_steps=4"]), resume=tmp_path / "run")
+    assert sha(last) == before and not list(last.parent.glob(".*tmp*"))
+    monkeypatch.undo()
+    assert train(resume_config(tmp_path / "run", ["trainer.max_steps=4"]), resume=tmp_path / "run")["steps"] == 4
+
+
+def test_file_size_limit_from_the_os_is_one_clear_line_and_keeps_the_checkpoint(tmp_path):
+    """A real failed write (RLIMIT_FSIZE: the kernel refuses bytes past the limit, EFBIG), through torch.save."""
+    run = tmp_path / "run"
+    finish(subprocess.Popen([sys.executable, "main.py", *TINY, f"trainer.run_dir={run}", "trainer.max_steps=1"],
+                            cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    last = run / "checkpoints" / "last.pt"
+    before, limit = sha(last), last.stat().st_size // 2
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)    # get EFBIG from write() instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    proc = subprocess.run([sys.executable, "main.py", "--resume", str(run), "trainer.max_steps=2"], cwd=REPO,
+                          env=ENV, capture_output=True, text=True, preexec_fn=limit_file_size)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"error: could not write '{last}': File too large" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sha(last) == before and not list(last.parent.glob(".*tmp*"))
+
+
+def test_shard_write_on_a_full_disk_keeps_finished_shards(tmp_path, encoder_path, reference_store, monkeypatch):
+    real_write = h5py.Dataset.__setitem__
+
+    def write_until_full(self, key, value):      # the disk fills up while shard 3 is written
+        if ".shard-00003.h5.tmp-" in self.file.filename:
+            no_space()
+        return real_write(self, key, value)
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", write_until_full)
+    args = dict(rows_per_shard=48, batch_size=8, num_workers=0, progress=False)
+    with pytest.raises(WriteError, match=r"shard-00003\.h5': No space left on device"):
+        extract(encoder_path, "train", tmp_path, ["data.max_images=480"], **args)
+    split = tmp_path / "train"
+    kept = {p.name: file_sha256(p) for p in sorted(split.glob("shard-*.h5"))}
+    assert kept == {k: v for k, v in reference_store.items() if k < "shard-00003.h5"}
+    assert not list(split.glob(".shard-*")) and not (split / "manifest.json").exists()
+    monkeypatch.undo()
+    resumed = extract(encoder_path, "train", tmp_path, ["data.max_images=480"], **args)
+    assert resumed["reused_shards"] == 3 and store_digest(split) == reference_store
+
+
+# --------------------------------------------------------------------------- two writers
+
+def test_second_extraction_into_a_locked_store_refuses_with_the_holder(tmp_path, encoder_path, reference_store):
+    args = dict(rows_per_shard=48, batch_size=8, num_workers=0, progress=False)
+    with exclusive_writer(tmp_path / "train"):
+        with pytest.raises(StoreError, match=rf"'{tmp_path / 'train'}' is being written by another extraction "
+                                             rf"\(pid {os.getpid()} on .*\); wait for it"):
+            extract(encoder_path, "train", tmp_path, ["data.max_images=480"], **args)
+    extract(encoder_path, "train", tmp_path, ["data.max_images=480"], **args)    # the lock went with its holder
+    assert store_digest(tmp_path / "train") == reference_store
+
+
+def test_two_extractions_started_together_leave_one_valid_store(tmp_path, encoder_path, reference_store):
+    procs = [subprocess.Popen(extract_command(encoder_path, tmp_path), cwd=REPO, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for code, err in outcomes:          # each either finished, or refused in one clear line
+        assert code == 0 or (code == 2 and "is being written by another extraction" in err
+                             and "Traceback" not in err), err[-2000:]
+    assert any(code == 0 for code, _ in outcomes)
+    assert store_digest(tmp_path / "train") == reference_store
