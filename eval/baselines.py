@@ -12,7 +12,8 @@
 Methods:
   logreg      StandardScaler (streaming partial_fit) + LogisticRegression(lbfgs, max_iter 1000), C from
               --C-grid on validation (or --C). Holds the standardised train matrix in memory when the
-              estimate fits under --max-memory-mb, else streams a softmax regression (JSON: solver, streams).
+              estimate fits under --max-memory-mb, else streams an SGD logistic regression over shuffled blocks, --epochs passes at most
+              (JSON: solver, streams).
   knn         running top-k over train blocks; cosine + temperature vote (Wu et al. 2018, T=0.07) by
               default, --metric euclidean / --knn-weighting uniform; k from --k-grid on validation (or --k).
   pca-logreg  standardise, IncrementalPCA to --pca-components (128), then logreg as above (lbfgs on N x 128).

@@ -110,6 +110,21 @@ def test_logreg_falls_back_to_streaming_over_the_memory_budget(separable, tmp_pa
     assert result["solver"] == "lbfgs" and result["streams"] is False
 
 
+def test_streaming_sgd_logreg_is_close_to_lbfgs_and_never_imports_torch(overlapping, tmp_path):
+    train, test, _ = overlapping
+    exact = run_baseline("logreg", train, test, replace(FAST, C=1.0, results_dir=str(tmp_path / "a")))
+    sgd = run_baseline("logreg", train, test, replace(FAST, C=1.0, max_memory_mb=1e-4, results_dir=str(tmp_path / "b")))
+    assert exact["solver"] == "lbfgs" and sgd["solver"].startswith("streaming SGD")
+    assert sgd["selected"]["C"] == 1.0 and 1 <= sgd["selected"]["passes"] <= FAST.epochs
+    assert abs(sgd["top1"] - exact["top1"]) <= 4.0, (sgd["top1"], exact["top1"])
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from byol.evaluate.runner import run_baseline; "
+              f"from byol.evaluate.options import Options; "
+              f"r = run_baseline('pca-logreg', {str(train)!r}, {str(test)!r}, Options(max_memory_mb=1e-4, epochs=2, "
+              f"pca_components=4, results_dir={str(tmp_path / 'c')!r})); print(r['solver'], 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "False", proc.stderr[-2000:]
+
+
 # ---- agreement with scikit-learn on the same arrays in memory -------------------------------------
 
 def test_streaming_scaler_and_logreg_equal_sklearn_in_memory(overlapping):

@@ -21,8 +21,8 @@ Which methods stream (memory independent of the number of rows) and which hold d
     mlp, linear heads    stream: shuffled row blocks each epoch, standardisation stats from a streaming pass
     pca-*                stream the scaler and PCA fits (covariance or IncrementalPCA)
     logreg, pca-logreg   exact lbfgs needs the (PCA-reduced, for pca-logreg) training matrix in memory;
-                         when that exceeds --max-memory-mb they fall back to a streaming softmax
-                         regression (torch, over blocks); the JSON says which solver ran (`solver`)
+                         when that exceeds --max-memory-mb they fall back to SGD logistic regression
+                         over shuffled blocks (scikit-learn, no torch); the JSON says which ran (`solver`)
                          and whether the run streamed (`streams`)
 
 All methods keep the label column of each store in memory (8 bytes a row).

@@ -17,6 +17,8 @@ from byol.store import FeatureStore, _read_rows, _reading
 
 BLOCK_BYTES = 32 * 2**20        # a read block of float32 embeddings stays around this size
 DEFAULT_BLOCK_ROWS = 8192
+SHUFFLE_BLOCK_BYTES = 4 * 2**20  # SGD reads small blocks ...
+SHUFFLE_BLOCKS = 16              # ... and mixes this many in one shuffle buffer (~64 MB)
 
 
 def progress(total: int | None, desc: str, unit: str = "rows") -> tqdm:

@@ -4,8 +4,10 @@ Exact scikit-learn LogisticRegression(solver="lbfgs") needs the training matrix 
 module builds it block by block (already standardised / projected, float32, rows outside the
 validation split first so the selection fits use a view, not a copy) when the estimate
 `lbfgs_bytes` fits under --max-memory-mb; for pca-logreg that is N x 128. Otherwise it falls back
-to a streaming softmax regression (a linear torch head trained over row blocks, epochs chosen on
-validation; see byol.evaluate.training), and the JSON says so (`solver`, `streams`).
+to scikit-learn's SGDClassifier(loss="log_loss") fed shuffled row blocks with `partial_fit`
+(one-vs-rest logistic regression, L2 penalty alpha = 1 / (C x n) as LogisticRegression's C means;
+C and the number of passes chosen on validation). Only a shuffle buffer (~64 MB) is in memory and
+torch is never imported, so the process stays small. The JSON says which ran (`solver`, `streams`).
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from byol.evaluate.blocks import Standardizer, iter_rows, progress, transformed
+from byol.evaluate.blocks import (SHUFFLE_BLOCK_BYTES, SHUFFLE_BLOCKS, iter_rows, progress, rows_for,
+                                  transformed)
 from byol.evaluate.results import accuracy
 
 
@@ -98,16 +101,56 @@ def evaluate_logreg(data, opts, transform: Callable, method: str = "logreg"):
     return test_scores(), info
 
 
-def _streaming(data, opts, transform: Callable, need: int, budget: int):
-    """Softmax regression over blocks (a linear head); a Standardizer goes into the head itself."""
-    from byol.evaluate.training import fit_selected, predict_blocks
+def _sgd(C: float, n: int, seed: int):
+    from sklearn.linear_model import SGDClassifier
+    return SGDClassifier(loss="log_loss", alpha=1.0 / (C * max(n, 1)), random_state=seed)
 
-    if isinstance(transform, Standardizer):
-        head_kwargs = {"mean": transform.mean, "std": transform.scale, "transform": None}
+
+def _sgd_epoch(model, data, mask: np.ndarray, opts, epoch: int, transform: Callable) -> None:
+    """One partial_fit pass over the selected rows, in shuffled blocks (seeded per epoch)."""
+    rng = np.random.default_rng([opts.seed, epoch])
+    block = rows_for(data.train.dim, opts.block_rows, SHUFFLE_BLOCK_BYTES)
+    classes = np.arange(data.n_classes)
+    with progress(data.train.n_rows, f"sgd pass {epoch + 1}") as bar:
+        for chunk in transformed(iter_rows(data.train, mask, block, rng=rng, mix=SHUFFLE_BLOCKS, bar=bar),
+                                 transform):
+            model.partial_fit(chunk["embeddings"], data.encode(chunk["labels"]), classes=classes)
+
+
+def _sgd_scores(model, store, mask, opts, transform, n_classes: int, desc: str):
+    with progress(store.n_rows, desc) as bar:
+        for block in transformed(iter_rows(store, mask, opts.block_rows, bar=bar), transform):
+            yield class_proba(model, block["embeddings"], n_classes), block["labels"]
+
+
+def _streaming(data, opts, transform: Callable, need: int, budget: int):
+    """Logistic regression by SGD over shuffled blocks: (C, passes) chosen on validation, then refit."""
+    n_fit, n_train = int(data.fit_mask.sum()), int(data.train_mask.sum())
+    grid = [opts.C] if opts.C is not None else list(opts.C_grid)
+    if data.val_mask.any():
+        curves = {}
+        for C in grid:
+            model, curves[C] = _sgd(C, n_fit, opts.seed), []
+            for epoch in range(opts.epochs):
+                _sgd_epoch(model, data, data.fit_mask, opts, epoch, transform)
+                hits = n = 0
+                for probs, labels in _sgd_scores(model, data.train, data.val_mask, opts, transform,
+                                                 data.n_classes, "validation"):
+                    hits += accuracy(probs, data.encode(labels)) * len(labels) / 100
+                    n += len(labels)
+                curves[C].append(100.0 * hits / max(n, 1))
+        C, epochs = max(((c, e + 1) for c in grid for e in range(opts.epochs)),
+                        key=lambda ce: (curves[ce[0]][ce[1] - 1], -ce[1]))
+        selection = {"on": "validation", "grid": grid, "max_passes": opts.epochs,
+                     "val_top1": {str(c): v for c, v in curves.items()}}
     else:
-        head_kwargs = {"transform": transform}
-    model, info = fit_selected(data, opts, "linear", **head_kwargs)
-    info.update(solver="streaming-softmax (torch AdamW over blocks)", memory_estimate_mb=need / 2**20,
-                note=f"lbfgs would need ~{need / 2**20:.0f} MB > --max-memory-mb {budget / 2**20:.0f}")
-    scores = predict_blocks(model, data.test, data.test_mask, opts.block_rows, head_kwargs["transform"], "test")
-    return scores, info
+        C, epochs = grid[0] if opts.C is not None else 1.0, opts.epochs
+        selection = {"on": "flag (no validation split)"}
+    model = _sgd(C, n_train, opts.seed)
+    for epoch in range(epochs):
+        _sgd_epoch(model, data, data.train_mask, opts, epoch, transform)
+    info = {"solver": "streaming SGD logistic regression (scikit-learn SGDClassifier, log_loss, one-vs-rest)",
+            "streams": True, "selected": {"C": C, "passes": epochs}, "selection": selection,
+            "memory_estimate_mb": need / 2**20,
+            "note": f"lbfgs would need ~{need / 2**20:.0f} MB > --max-memory-mb {budget / 2**20:.0f}"}
+    return _sgd_scores(model, data.test, data.test_mask, opts, transform, data.n_classes, "test"), info

@@ -34,7 +34,7 @@ class Options:
     # PCA
     pca_components: int = 128
     pca_solver: str = "auto"
-    # heads, and the streaming softmax fallback of logreg
+    # heads (epochs also caps the passes of logreg's streaming SGD fallback)
     hidden: tuple = (512,)
     dropout: float = 0.1
     epochs: int = 30
@@ -106,7 +106,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, choices=(*METHODS, "all"))
     p.add_argument("--max-memory-mb", type=float, default=2048.0,
-                   help="logreg/pca-logreg use in-memory lbfgs when its estimate fits, else streaming softmax")
+                   help="logreg/pca-logreg use in-memory lbfgs when its estimate fits, else streaming SGD (no torch)")
     p.add_argument("--C", type=_auto(float), default=None, help="inverse regularisation, or 'auto' (grid)")
     p.add_argument("--C-grid", type=_numbers(float), default=(0.01, 0.1, 1.0, 10.0))
     p.add_argument("--max-iter", type=int, default=1000, help="lbfgs iterations")

@@ -17,12 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from byol.evaluate.blocks import iter_rows, progress, rows_for, transformed
+from byol.evaluate.blocks import SHUFFLE_BLOCK_BYTES, SHUFFLE_BLOCKS, iter_rows, progress, rows_for, transformed
 from byol.evaluate.heads import Head, build_head
 from byol.evaluate.results import accuracy
-
-SHUFFLE_BLOCK_BYTES = 4 * 2**20
-SHUFFLE_BLOCKS = 16                 # blocks mixed in one shuffle buffer
 
 
 def _new_head(kind, in_dim, data, opts, mean, std, seed) -> Head:
