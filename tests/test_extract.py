@@ -129,7 +129,7 @@ def test_store_with_other_settings_is_refused_unless_overwrite(run_dir, tmp_path
     store, emb, _, _ = read_store(tmp_path / "test")
     assert store.dtype == "float16" and summary["reused_shards"] == 0 and emb.shape == (96, 512)
     assert sorted(p.name for p in (tmp_path / "test").iterdir()) == \
-        ["manifest.json", shard_name(0), shard_name(1), shard_name(2)]
+        [".lock", "manifest.json", shard_name(0), shard_name(1), shard_name(2)]    # old shards gone
 
 
 def test_corrupted_and_missing_shards_are_reported(run_dir, tmp_path):

@@ -140,6 +140,7 @@ def check_trial(run: Path, reference: dict, kills: int = 1) -> None:
 @pytest.mark.parametrize("seed", range(FAST_TRIALS))
 def test_training_killed_at_random_moments_resumes_to_identical_weights(tmp_path, reference_run, seed):
     kills = training_trial(tmp_path / "run", seed)
+    print(f"training kill trial {seed}: {kills} SIGKILLs landed")   # shown with pytest -s
     check_trial(tmp_path / "run", reference_run, kills)
 
 
@@ -147,6 +148,7 @@ def test_training_killed_at_random_moments_resumes_to_identical_weights(tmp_path
 @pytest.mark.parametrize("seed", range(FAST_TRIALS, FAST_TRIALS + SLOW_TRIALS))
 def test_training_kill_trials_full_set(tmp_path, reference_run, seed):
     kills = training_trial(tmp_path / "run", seed)
+    print(f"training kill trial {seed}: {kills} SIGKILLs landed")   # shown with pytest -s
     check_trial(tmp_path / "run", reference_run, kills)
 
 
@@ -222,16 +224,18 @@ def extraction_trial(encoder: Path, out: Path, seed: int) -> int:
 @pytest.mark.parametrize("seed", range(FAST_TRIALS))
 def test_extraction_killed_at_random_moments_completes_byte_identical(tmp_path, encoder_path,
                                                                       reference_store, seed):
-    assert extraction_trial(encoder_path, tmp_path, seed) >= 1
-    assert store_digest(tmp_path / "train") == reference_store
+    kills = extraction_trial(encoder_path, tmp_path, seed)
+    print(f"extraction kill trial {seed}: {kills} SIGKILLs landed")   # shown with pytest -s
+    assert kills >= 1 and store_digest(tmp_path / "train") == reference_store
     assert not list((tmp_path / "train").glob(".shard-*.tmp-*"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(FAST_TRIALS, FAST_TRIALS + SLOW_TRIALS))
 def test_extraction_kill_trials_full_set(tmp_path, encoder_path, reference_store, seed):
-    assert extraction_trial(encoder_path, tmp_path, seed) >= 1
-    assert store_digest(tmp_path / "train") == reference_store
+    kills = extraction_trial(encoder_path, tmp_path, seed)
+    print(f"extraction kill trial {seed}: {kills} SIGKILLs landed")   # shown with pytest -s
+    assert kills >= 1 and store_digest(tmp_path / "train") == reference_store
 
 
 # --------------------------------------------------------------------------- a full disk
