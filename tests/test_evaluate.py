@@ -23,7 +23,7 @@ from byol.evaluate.results import Tally, write_results
 from byol.evaluate.runner import run_baseline, run_head
 from byol.evaluate.splits import carve_validation, prepare
 from byol.evaluate.training import fit_selected, predict_blocks
-from byol.store import ShardWriter, write_manifest
+from byol.store_writer import ShardWriter, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTRS = {"encoder": "resnet18", "checkpoint_sha256": "ab" * 32, "image_size": 96}

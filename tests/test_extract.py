@@ -13,7 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-import byol.extract as extract_module
+import byol.shard_sink as shard_sink_module
 from byol.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from byol.config import load_config
 from byol.data import Digits
@@ -95,12 +95,12 @@ def test_interrupted_extraction_resumes_to_the_same_store(run_dir, tmp_path, mon
     extract(run_dir / "encoder.pt", "test", tmp_path / "whole", **FAST)
     reference = shard_hashes(tmp_path / "whole" / "test")
 
-    class DiesAtThirdShard(extract_module.ShardWriter):    # the process "dies" while closing shard 2
+    class DiesAtThirdShard(shard_sink_module.ShardWriter):    # the process "dies" while closing shard 2
         def close(self):
             if self.name == shard_name(2):
                 raise KeyboardInterrupt("killed")
             return super().close()
-    monkeypatch.setattr(extract_module, "ShardWriter", DiesAtThirdShard)
+    monkeypatch.setattr(shard_sink_module, "ShardWriter", DiesAtThirdShard)
     with pytest.raises(KeyboardInterrupt):
         extract(run_dir / "encoder.pt", "test", tmp_path / "cut", **FAST)
     monkeypatch.undo()

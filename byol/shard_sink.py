@@ -1,0 +1,101 @@
+"""Extraction's writer: rows go to HDF5 shards in a background thread, so the encoder never waits on disk.
+
+The compute thread `put`s each batch's rows [n, dim] with the shard they belong to; the thread
+appends them to a `ShardWriter` in whole HDF5 chunks and closes the shard (fsync, SHA-256, atomic
+rename) when its last rows arrive. The queue is bounded (`depth` batches), so memory stays flat
+however far the encoder runs ahead.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from byol.store_writer import ShardWriter
+
+CHUNK_BYTES = 4 * 2**20   # store.py's largest HDF5 chunk: appends are made in whole chunks
+
+
+class ShardSink:
+    """Writes rows in a background thread behind a bounded queue, one ShardWriter at a time.
+
+    Rows are appended in whole HDF5 chunks, so a shard's bytes do not depend on the batch size;
+    closing a shard (fsync, SHA-256, rename into place) also happens off the compute thread. An
+    error in the thread re-raises in the caller's next put() or finish().
+    """
+
+    def __init__(self, split_dir: Path, dim: int, dtype: str, with_paths: bool, attrs: dict,
+                 settings: dict, depth: int = 4):
+        self.writer_args = dict(split_dir=split_dir, dim=dim, dtype=dtype, with_paths=with_paths,
+                                attrs=attrs, settings=settings)
+        self.chunk = max(1, min(1024, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
+        self.entries: dict[int, dict] = {}
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._abort = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="extract-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, shard: int, embeddings, labels, indices, paths, last: bool) -> None:
+        """Queue rows of `shard` (blocks while the queue is full); `last`: the shard is complete."""
+        self._send((shard, embeddings, np.asarray(labels, np.int64), indices,
+                    list(paths) if paths is not None else None, last))
+
+    def finish(self) -> dict[int, dict]:
+        """Wait for every queued row to be written; returns {shard: manifest entry}."""
+        self._send(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.entries
+
+    def abort(self) -> None:
+        """Stop without finishing: the shard being written is deleted (finished ones stay)."""
+        self._abort.set()
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=60)
+
+    def _send(self, item) -> None:
+        while self.error is None:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+        raise self.error
+
+    def _run(self) -> None:
+        writer, buffered = None, []
+        try:
+            while (item := self._queue.get()) is not None and not self._abort.is_set():
+                shard, embeddings, labels, indices, paths, last = item
+                if writer is None:
+                    writer = ShardWriter(index=shard, chunk_rows=self.chunk, **self.writer_args)
+                buffered.append((embeddings, labels, indices, paths))
+                if last or sum(len(b[0]) for b in buffered) >= self.chunk:
+                    buffered = self._append(writer, buffered, last)
+                if last:
+                    self.entries[shard] = writer.close()
+                    writer = None
+        except BaseException as e:   # handed to the compute thread
+            self.error = e
+        finally:
+            if writer is not None:
+                writer.abort()
+
+    def _append(self, writer: ShardWriter, buffered: list, last: bool) -> list:
+        """Append whole chunks of the buffered rows (all of them if `last`); return the rest."""
+        emb, labels, indices = (np.concatenate([b[i] for b in buffered]) for i in range(3))
+        paths = [p for b in buffered for p in b[3]] if buffered[0][3] is not None else None
+        cut = len(emb) if last else len(emb) // self.chunk * self.chunk
+        for a in range(0, cut, self.chunk):
+            writer.append(emb[a:a + self.chunk], labels[a:a + self.chunk], indices[a:a + self.chunk],
+                          paths[a:a + self.chunk] if paths is not None else None)
+        if cut == len(emb):
+            return []
+        return [(emb[cut:], labels[cut:], indices[cut:], paths[cut:] if paths is not None else None)]
