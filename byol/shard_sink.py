@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.store_writer import ShardWriter
-
-CHUNK_BYTES = 4 * 2**20   # store.py's largest HDF5 chunk: appends are made in whole chunks
+from byol.store_writer import MAX_CHUNK_BYTES, ShardWriter
 
 
 class ShardSink:
@@ -30,7 +28,7 @@ class ShardSink:
                  settings: dict, depth: int = 4):
         self.writer_args = dict(split_dir=split_dir, dim=dim, dtype=dtype, with_paths=with_paths,
                                 attrs=attrs, settings=settings)
-        self.chunk = max(1, min(1024, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
+        self.chunk = max(1, min(1024, MAX_CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
         self.entries: dict[int, dict] = {}
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(depth)

@@ -19,7 +19,7 @@ from byol.atomic import atomic_write_text, write_error
 from byol.errors import StoreError
 from byol.store import DTYPES, FORMAT, MANIFEST, VERSION, _to_json, file_sha256, shard_name
 
-_MAX_CHUNK_BYTES = 4 * 2**20
+MAX_CHUNK_BYTES = 4 * 2**20     # largest HDF5 chunk: a read of a few rows stays cheap; extraction appends whole chunks
 
 
 def _fsync(path: Path) -> None:
@@ -85,7 +85,7 @@ class ShardWriter:
 
     def _create_datasets(self, chunk_rows: int) -> None:
         """Empty, row-resizable, row-chunked datasets; a chunk stays <= 4 MB so reads of a few rows are cheap."""
-        rows = max(1, min(chunk_rows, _MAX_CHUNK_BYTES // (self.dim * self.dtype.itemsize)))
+        rows = max(1, min(chunk_rows, MAX_CHUNK_BYTES // (self.dim * self.dtype.itemsize)))
 
         def create(name, row_shape, dtype, fletcher32=True):
             self._file.create_dataset(name, shape=(0, *row_shape), maxshape=(None, *row_shape),
