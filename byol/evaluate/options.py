@@ -121,7 +121,7 @@ def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
                    help="kNN: validation rows used as queries (each chunk costs a pass over the train rows)")
     p.add_argument("--pca-components", type=int, default=128)
     p.add_argument("--pca-solver", choices=("auto", "covariance", "incremental"), default="auto",
-                   help="exact PCA from a streamed covariance (auto: dim <= 2048) or IncrementalPCA")
+                   help="exact PCA from a streamed covariance (auto: dim <= 4096) or IncrementalPCA")
 
 
 def add_head_arguments(p: argparse.ArgumentParser) -> None:

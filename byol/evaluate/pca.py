@@ -4,7 +4,7 @@ Recipe: standardise the stored features (raw pixels when the store was extracted
 `--encoder pixels`), project onto the first 128 principal components, then logistic regression
 (lbfgs, C=1, max_iter=1000) or kNN (k=10). Both the scaler (StandardScaler.partial_fit) and the
 PCA are fitted over row blocks of the labelled training rows, so the fit never holds the matrix:
-exact PCA from a streamed covariance up to dim 2048, IncrementalPCA.partial_fit above (raw
+exact PCA from a streamed covariance up to dim 4096, IncrementalPCA.partial_fit above (raw
 pixels), --pca-solver to choose. The projection is applied block by block afterwards.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from byol.evaluate.blocks import (DEFAULT_BLOCK_ROWS, Standardizer, fit_standard
                                   rebatch)
 
 PCA_BATCH_BYTES = 64 * 2**20        # IncrementalPCA works in float64 on (batch + components) x dim
-COV_MAX_DIM = 2048                  # covariance solver: a dim x dim float64 matrix (32 MB at 2048)
+COV_MAX_DIM = 4096                  # covariance solver: a dim x dim float64 matrix (128 MB at 4096;
+                                    # CIFAR-size 32x32x3 pixels: 75 MB, exact, ~10x faster than incremental)
 
 
 class Projector:

@@ -1,0 +1,90 @@
+"""benchmarks/learning_check.py end to end on a tiny image folder the test writes (two colour classes).
+
+The benchmark is run for real on CIFAR-10 (README); here only its contract is checked: the stages
+run, the last line is the JSON the README documents, the margins are computed from the rows, the
+untrained-encoder control is the seeded initial network, and the skip flags drop their rows.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+PER_CLASS = 16
+
+
+def write_folder(root: Path) -> Path:
+    """train/ and test/ with a reddish and a bluish class of 32 px noise images."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name, channel in (("red", 0), ("blue", 2)):
+            folder = root / "images" / split / name
+            folder.mkdir(parents=True)
+            for i in range(PER_CLASS):
+                pixels = rng.integers(0, 120, (32, 32, 3), np.uint8)
+                pixels[..., channel] += 120
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root / "images"
+
+
+def run_check(data: Path, workdir: Path, *flags: str) -> dict:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "learning_check.py"), "--data", str(data),
+           "--workdir", str(workdir), "--minutes", "0.01", "--batch-size", "8", "--probe-steps", "3", *flags,
+           "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
+           "trainer.progress=false"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("learning_check"))
+
+
+def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path):
+    out = run_check(folder, tmp_path / "work")
+    rows = ("linear", "knn", "random_init_linear", "random_init_knn", "pca_logreg", "pca_knn")
+    for row in rows:
+        assert 0.0 <= out[f"{row}_top1"] <= 100.0
+    # colour alone separates the classes: the pixel baseline must find it
+    assert out["pca_logreg_top1"] == 100.0
+    best_byol = max(out["linear_top1"], out["knn_top1"])
+    assert out["margin_points"] == round(best_byol - max(out["pca_logreg_top1"], out["pca_knn_top1"]), 2)
+    assert out["margin_over_random_init"] == round(
+        best_byol - max(out["random_init_linear_top1"], out["random_init_knn_top1"]), 2)
+    assert out["target_met"] is (out["margin_points"] >= 10)
+    assert out["steps"] >= 1 and out["batch_size"] == 8 and out["image_size"] == 16
+
+    # the control is the untrained network of the run's seed, as a plain torchvision ResNet-18
+    run = tmp_path / "work" / "run"
+    init = torch.load(run / "random_init_encoder.pt", weights_only=True)
+    trained = torch.load(run / "encoder.pt", weights_only=True)
+    assert init["step"] == 0 and trained["step"] == out["steps"]
+    assert not torch.equal(init["state_dict"]["layer1.0.conv1.weight"],
+                           trained["state_dict"]["layer1.0.conv1.weight"])
+    from byol.config import load_config
+    from byol.train import build_networks
+    cfg = load_config(run / "config.yaml", [])
+    torch.manual_seed(cfg.trainer.seed)
+    online, _ = build_networks(cfg)
+    for key, value in online.encoder.state_dict().items():
+        assert torch.equal(init["state_dict"][key], value), key
+    resnet = torchvision.models.resnet18()
+    resnet.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    resnet.fc = torch.nn.Identity()
+    resnet.load_state_dict(init["state_dict"])
+
+
+def test_learning_check_skips_the_rows_it_is_told_to(folder, tmp_path):
+    out = run_check(folder, tmp_path / "work", "--no-pixel-baselines", "--no-random-init-baseline")
+    assert {"linear_top1", "knn_top1"} <= out.keys()
+    assert not any(k.startswith(("pca_", "random_init_", "margin")) or k == "target_met" for k in out)
+    assert not (tmp_path / "work" / "run" / "pixels").exists()
+    assert not (tmp_path / "work" / "run" / "random_init_features").exists()
