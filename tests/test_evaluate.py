@@ -111,10 +111,15 @@ def test_logreg_falls_back_to_streaming_over_the_memory_budget(separable, tmp_pa
 def test_streaming_sgd_logreg_is_close_to_lbfgs_and_never_imports_torch(overlapping, tmp_path):
     train, test, _ = overlapping
     exact = run_baseline("logreg", train, test, replace(FAST, C=1.0, results_dir=str(tmp_path / "a")))
-    sgd = run_baseline("logreg", train, test, replace(FAST, C=1.0, max_memory_mb=1e-4, results_dir=str(tmp_path / "b")))
-    assert exact["solver"] == "lbfgs" and sgd["solver"].startswith("streaming SGD")
-    assert sgd["selected"]["C"] == 1.0 and 1 <= sgd["selected"]["passes"] <= FAST.epochs
-    assert abs(sgd["top1"] - exact["top1"]) <= 4.0, (sgd["top1"], exact["top1"])
+    # SGD over 400 rows moves by a few points with the seed (shuffle, validation split: 90.7-95.3 over seeds 0-7 where
+    # lbfgs gets 95.3): compare the mean of three seeds
+    runs = [run_baseline("logreg", train, test, replace(FAST, C=1.0, max_memory_mb=1e-4, seed=seed,
+                                                        results_dir=str(tmp_path / f"b{seed}")))
+            for seed in range(3)]
+    assert exact["solver"] == "lbfgs" and all(r["solver"].startswith("streaming SGD") for r in runs)
+    assert all(r["selected"]["C"] == 1.0 and 1 <= r["selected"]["passes"] <= FAST.epochs for r in runs)
+    sgd_top1 = np.mean([r["top1"] for r in runs])
+    assert abs(sgd_top1 - exact["top1"]) <= 3.0, (sgd_top1, exact["top1"])
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from byol.evaluate.runner import run_baseline; "
               f"from byol.evaluate.options import Options; "
               f"r = run_baseline('pca-logreg', {str(train)!r}, {str(test)!r}, Options(max_memory_mb=1e-4, epochs=2, "
@@ -313,9 +318,18 @@ def test_iter_rows_shuffled_and_rebatch_cover_every_selected_row_once(separable)
     train, _ = separable
     store = prepare(train, separable[1]).train
     mask = np.arange(store.n_rows) % 3 != 0
-    seen = np.concatenate([b["indices"] for b in iter_rows(store, mask, 16, fields=("indices",),
-                                                         rng=np.random.default_rng(0), mix=4)])
+    blocks = list(iter_rows(store, mask, 16, fields=("indices", "embeddings", "labels"),
+                            rng=np.random.default_rng(0), mix=4))
+    seen = np.concatenate([b["indices"] for b in blocks])
     assert sorted(seen) == list(np.flatnonzero(mask))
+    assert not np.array_equal(seen, np.sort(seen))              # shuffled, not in store order
+    # the in-place shuffle moves every field of a row together
+    in_order = list(iter_rows(store, fields=("indices", "embeddings", "labels")))
+    emb, labels = (np.concatenate([b[k] for b in in_order]) for k in ("embeddings", "labels"))
+    assert np.array_equal(np.concatenate([b["indices"] for b in in_order]), np.arange(store.n_rows))
+    for b in blocks:
+        np.testing.assert_array_equal(b["embeddings"], emb[b["indices"]])
+        np.testing.assert_array_equal(b["labels"], labels[b["indices"]])
     batches = list(rebatch(iter_rows(store, mask, 16, fields=("indices",)), 50, min_last=20))
     sizes = [len(b["indices"]) for b in batches]
     assert sum(sizes) == mask.sum() and all(s == 50 for s in sizes[:-1]) and sizes[-1] >= 20

@@ -55,7 +55,7 @@ def iter_rows(store: FeatureStore, mask: np.ndarray | None = None, block_rows: i
     """Yield {field: rows} of the selected rows (mask [N] bool; None = all), block by block.
 
     Without rng: consecutive blocks in store order. With rng: blocks in a random order, `mix` blocks
-    read, concatenated and row-shuffled together (a shuffle buffer of mix x block_rows rows), so
+    read into one buffer and row-shuffled in place (a shuffle buffer of mix x block_rows rows), so
     class-sorted stores still give mixed minibatches. Empty selections inside a block are skipped.
     `bar` (if given) advances by the rows read.
     """
@@ -64,25 +64,46 @@ def iter_rows(store: FeatureStore, mask: np.ndarray | None = None, block_rows: i
     if rng is not None:
         plan = [plan[i] for i in rng.permutation(len(plan))]
     for group_start in range(0, len(plan), max(1, mix)):
-        parts = []
+        wanted = []
         for number, first, start, stop in plan[group_start:group_start + max(1, mix)]:
             keep = None if mask is None else mask[first:first + stop - start]
             if keep is not None and not keep.any():
                 if bar is not None:
                     bar.update(stop - start)
                 continue
-            block = _read(store, number, start, stop, fields)
-            if bar is not None:
-                bar.update(stop - start)
-            parts.append(block if keep is None or keep.all() else {k: v[keep] for k, v in block.items()})
-        if not parts:
+            wanted.append((number, start, stop, None if keep is None or keep.all() else keep))
+        if not wanted:
             continue
-        block = _concat(parts)
-        del parts
+        block = _fill(store, wanted, fields, bar)
         if rng is not None:
-            order = rng.permutation(len(block[fields[0]]))
-            block = {k: v[order] for k, v in block.items()}
+            # In place, one permutation for every field (same seed, same length: same shuffle), so
+            # the buffer is never copied: memory stays one shuffle buffer.
+            seed = int(rng.integers(2**63))
+            for values in block.values():
+                np.random.default_rng(seed).shuffle(values)
         yield block
+        del block          # not held while the next buffer is read
+
+
+def _fill(store: FeatureStore, wanted: list, fields, bar: tqdm | None) -> dict[str, np.ndarray]:
+    """Read the wanted (shard, start, stop, row mask or None) blocks into one preallocated buffer."""
+    sizes = [stop - start if keep is None else int(keep.sum()) for _, start, stop, keep in wanted]
+    buffer, offset = None, 0
+    for (number, start, stop, keep), size in zip(wanted, sizes):
+        part = _read(store, number, start, stop, fields)
+        if bar is not None:
+            bar.update(stop - start)
+        if keep is not None:
+            part = {k: v[keep] for k, v in part.items()}
+        if len(wanted) == 1:
+            return part
+        if buffer is None:
+            buffer = {k: np.empty((sum(sizes),) + v.shape[1:], v.dtype) for k, v in part.items()}
+        for k, v in part.items():
+            buffer[k][offset:offset + size] = v
+        offset += size
+        del part
+    return buffer
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -153,3 +174,4 @@ def transformed(blocks: Iterable[dict[str, np.ndarray]], transform: Callable | N
         if transform is not None:
             block = dict(block, embeddings=transform(block["embeddings"]))
         yield block
+        del block          # not held while the next block is read

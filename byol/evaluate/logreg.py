@@ -115,6 +115,7 @@ def _sgd_epoch(model, data, mask: np.ndarray, opts, epoch: int, transform: Calla
         for chunk in transformed(iter_rows(data.train, mask, block, rng=rng, mix=SHUFFLE_BLOCKS, bar=bar),
                                  transform):
             model.partial_fit(chunk["embeddings"], data.encode(chunk["labels"]), classes=classes)
+            del chunk          # free this shuffle buffer before the next one is read
 
 
 def _sgd_scores(model, store, mask, opts, transform, n_classes: int, desc: str):

@@ -47,6 +47,7 @@ def train_epoch(model: Head, optimizer, data, mask: np.ndarray, opts, epoch: int
                 optimizer.step()
                 n = min(opts.batch_size, len(y) - start)
                 total, count = total + loss.item() * n, count + n
+            del chunk, x, y    # free this shuffle buffer before the next one is read
     return total / max(count, 1)
 
 
