@@ -9,8 +9,8 @@ Writes Gaussian-cluster train/test stores with ShardWriter into a temp dir (--wo
 method is also run on a tiny store of the same dim (--baseline-rows) to measure its fixed cost
 (interpreter, torch + scikit-learn imports, thread pools), so the figures show what grows with the
 data: `growth_mb` = peak - fixed. The target is peak RSS <= --budget-fraction (25%) of the data size;
-`imports_rss_mb` is what the imports alone cost (byol.cli.run_command imports byol.train, so torch
-is loaded even for the numpy-only baselines).
+`imports_rss_mb` is what importing everything costs (torch included; the heads need it, the
+numpy/scikit-learn baselines never import it).
 
 Epochs (heads and logreg's streaming fallback) and kNN validation queries are capped by flags so
 the run ends in minutes on a 2-core CPU. Prints a table, then one JSON line: data size, budget,
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
         report = {}
         with open(work / "stderr.log", "a") as log:
             imports, _, _ = measure([sys.executable, "-c", IMPORTS], log)
-            print(f"{'(imports)':<11} {imports:>8.0f}   python + byol.cli/byol.train (torch) + sklearn + h5py, no work",
+            print(f"{'(imports)':<11} {imports:>8.0f}   python + byol.train (torch) + sklearn + h5py, no work",
                   flush=True)
             for method in methods:
                 fixed, _, _ = measure(command(method, tiny / "train", tiny / "test", args, work / "results"), log)
