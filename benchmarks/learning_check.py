@@ -23,6 +23,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from byol.config import load_config  # noqa: E402
@@ -54,8 +56,6 @@ def dataset_root(data: Path, workdir: Path) -> Path:
 def random_init_encoder(cfg, path: Path) -> Path:
     """encoder.pt of the untrained network, seeded as the pretraining run: the control that tells
     what pretraining added (random conv features alone score well above chance on small images)."""
-    import torch
-
     torch.manual_seed(cfg.trainer.seed)
     online, _ = build_networks(cfg)
     return export_encoder(cfg, online, 0, path)

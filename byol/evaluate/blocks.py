@@ -95,7 +95,7 @@ def _fill(store: FeatureStore, wanted: list, fields, bar: tqdm | None) -> dict[s
             bar.update(stop - start)
         if keep is not None:
             part = {k: v[keep] for k, v in part.items()}
-        if len(wanted) == 1:
+        if len(wanted) == 1:          # a single block is its own buffer: no copy
             return part
         if buffer is None:
             buffer = {k: np.empty((sum(sizes),) + v.shape[1:], v.dtype) for k, v in part.items()}
