@@ -7,10 +7,13 @@ Writes Gaussian-cluster train/test stores with ShardWriter into a temp dir (--wo
 --keep to leave them), then runs each method as its own command (`eval/baselines.py` or
 `eval/load_and_train.py`, in a subprocess), reading that child's peak RSS from os.wait4. Each
 method is also run on a tiny store of the same dim (--baseline-rows) to measure its fixed cost
-(interpreter, torch + scikit-learn imports, thread pools), so the figures show what grows with the
-data: `growth_mb` = peak - fixed. The target is peak RSS <= --budget-fraction (25%) of the data size;
-`imports_rss_mb` is what importing everything costs (torch included; the heads need it, the
-numpy/scikit-learn baselines never import it).
+(interpreter, numpy/scikit-learn/h5py imports, thread pools), so the figures show what grows with
+the data: `growth_mb` = peak - fixed. The target is peak RSS <= --budget-fraction (25%) of the data
+size. `imports_rss_mb` is what importing every evaluation module costs; `torch_import_rss_mb` what
+`import torch` alone would add (no method imports it: that alone is over the budget). The stores
+are written by a separate process, because on Linux a child's ru_maxrss starts at the peak of the
+process it was started from (exec keeps the old high-water mark): `parent_rss_mb`, printed last,
+is the floor under every figure.
 
 Epochs (heads and logreg's streaming fallback) and kNN validation queries are capped by flags so
 the run ends in minutes on a 2-core CPU. Prints a table, then one JSON line: data size, budget,
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,10 +41,13 @@ from byol.store_writer import ShardWriter, write_manifest  # noqa: E402
 
 METHODS = ("logreg", "knn", "pca-logreg", "pca-knn", "linear", "mlp")
 WRITE_ROWS = 65536
-IMPORTS = ("import sys; sys.path.insert(0, '.'); import h5py, byol.cli, byol.train, sklearn.linear_model, "
-           "sklearn.decomposition, sklearn.preprocessing")
+IMPORTS = ("import sys; sys.path.insert(0, '.'); import h5py, byol.cli, byol.evaluate.runner, byol.evaluate.training, "
+           "byol.evaluate.head_file, byol.evaluate.logreg, byol.evaluate.neighbors, byol.evaluate.pca, "
+           "sklearn.linear_model, sklearn.decomposition, sklearn.preprocessing, safetensors.numpy; "
+           "assert 'torch' not in sys.modules")
+TORCH_IMPORT = "import torch"
 SOLVERS = {"knn": "running top-k over blocks (numpy)", "pca-knn": "running top-k over blocks (numpy)",
-           "linear": "torch AdamW over blocks", "mlp": "torch AdamW over blocks"}
+           "linear": "numpy AdamW over blocks", "mlp": "numpy AdamW over blocks"}
 
 
 def write_store(split_dir: Path, rows: int, dim: int, classes: int, shard_rows: int, seed: int) -> None:
@@ -62,12 +70,17 @@ def write_store(split_dir: Path, rows: int, dim: int, classes: int, shard_rows: 
     write_manifest(split_dir, entries, dim, "float32", settings, attrs)
 
 
+def write_stores(jobs: list, args) -> None:
+    for split_dir, rows, seed in jobs:
+        write_store(split_dir, rows, args.dim, args.classes, args.shard_rows, seed)
+
+
 def command(method: str, train: Path, test: Path, args, results: Path) -> list[str]:
     common = ["--train", str(train), "--test", str(test), "--results-dir", str(results),
               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", "0"]
     if method in ("linear", "mlp"):
         return [sys.executable, str(ROOT / "eval" / "load_and_train.py"), "--head", method, *common,
-                "--out-head", str(results / f"{method}-{train.parent.name}-{time.time_ns()}.pt")]
+                "--out-head", str(results / f"{method}-{train.parent.name}-{time.time_ns()}.safetensors")]
     return [sys.executable, str(ROOT / "eval" / "baselines.py"), "--method", method, *common,
             "--max-memory-mb", str(args.max_memory_mb), "--val-max-queries", str(args.val_max_queries)]
 
@@ -95,7 +108,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--shard-rows", type=int, default=250_000)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--epochs", type=int, default=1, help="heads and logreg's streaming fallback")
-    ap.add_argument("--batch-size", type=int, default=1024, help="minibatch of the torch solvers")
+    ap.add_argument("--batch-size", type=int, default=1024, help="minibatch of the heads")
     ap.add_argument("--val-max-queries", type=int, default=2000, help="kNN validation queries")
     ap.add_argument("--max-memory-mb", type=float, default=None,
                     help="logreg lbfgs budget (default: the RSS budget, --budget-fraction of the data)")
@@ -113,13 +126,18 @@ def main(argv=None) -> dict:
     try:
         started = time.perf_counter()
         big, tiny = work / "big", work / "tiny"
+        jobs = []
         if not (big / "train" / "manifest.json").is_file():
-            write_store(big / "train", args.rows, args.dim, args.classes, args.shard_rows, seed=0)
-            write_store(big / "test", args.test_rows, args.dim, args.classes, args.shard_rows, seed=1)
+            jobs += [(big / "train", args.rows, 0), (big / "test", args.test_rows, 1)]
         if not (tiny / "train" / "manifest.json").is_file():
-            write_store(tiny / "train", args.baseline_rows, args.dim, args.classes, args.shard_rows, seed=2)
-            write_store(tiny / "test", min(args.test_rows, args.baseline_rows), args.dim, args.classes,
-                        args.shard_rows, seed=3)
+            jobs += [(tiny / "train", args.baseline_rows, 2), (tiny / "test", min(args.test_rows, args.baseline_rows), 3)]
+        # In a separate process: a child's ru_maxrss starts at this process's peak (exec keeps the
+        # high-water mark of the memory it replaces), so this process must stay small.
+        writer = multiprocessing.get_context("spawn").Process(target=write_stores, args=(jobs, args))
+        writer.start()
+        writer.join()
+        if writer.exitcode != 0:
+            raise SystemExit(f"writing the stores failed (exit {writer.exitcode})")
         print(f"stores: {args.rows:,} x {args.dim} train ({data_mb:,.0f} MB float32), {args.test_rows:,} test, "
               f"written in {time.perf_counter() - started:.0f} s under {work}", flush=True)
         print(f"budget: peak RSS <= {budget_mb:,.0f} MB ({args.budget_fraction:.0%} of the data)", flush=True)
@@ -128,7 +146,10 @@ def main(argv=None) -> dict:
         report = {}
         with open(work / "stderr.log", "a") as log:
             imports, _, _ = measure([sys.executable, "-c", IMPORTS], log)
-            print(f"{'(imports)':<11} {imports:>8.0f}   python + byol.train (torch) + sklearn + h5py, no work",
+            print(f"{'(imports)':<11} {imports:>8.0f}   python + every evaluation module + sklearn + h5py, no work",
+                  flush=True)
+            torch_import, _, _ = measure([sys.executable, "-c", TORCH_IMPORT], log)
+            print(f"{'(torch)':<11} {torch_import:>8.0f}   python + import torch alone (no method imports it)",
                   flush=True)
             for method in methods:
                 fixed, _, _ = measure(command(method, tiny / "train", tiny / "test", args, work / "results"), log)
@@ -150,9 +171,14 @@ def main(argv=None) -> dict:
                    "val_max_queries": args.val_max_queries, "max_memory_mb": args.max_memory_mb,
                    "cpu_count": os.cpu_count(), "peak_rss_mb": {m: r["peak_rss_mb"] for m, r in report.items()},
                    "growth_mb": {m: r["growth_mb"] for m, r in report.items()}, "imports_rss_mb": round(imports, 1),
+                   "torch_import_rss_mb": round(torch_import, 1),
                    "within_budget": {m: r["within_budget"] for m, r in report.items()},
                    "growth_within_budget": {m: r["growth_within_budget"] for m, r in report.items()},
                    "methods": report}
+        floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        summary["parent_rss_mb"] = round(floor, 1)
+        print(f"(every figure is at least this benchmark process's own peak RSS, {floor:.0f} MB: "
+              f"a child's ru_maxrss starts there)", flush=True)
         print(json.dumps(summary), flush=True)
         return summary
     finally:

@@ -206,8 +206,9 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
 
     head_model, head_dims = None, None
     if head is not None:
-        from byol.evaluate.heads import head_outputs, load_head
-        head_model, head_meta = load_head(head, map_location=encoder.device)
+        from byol.evaluate.head_file import load_head
+        from byol.evaluate.heads import head_outputs
+        head_model, head_meta = load_head(head)
         if int(head_meta["in_dim"]) != encoder.dim:
             raise ConfigError(f"--head '{head}' takes {head_meta['in_dim']}-d inputs but the encoder gives "
                               f"{encoder.dim}-d vectors; use the head trained on this encoder's features")
@@ -215,8 +216,7 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
         if theirs and theirs != encoder.checkpoint_sha256:
             log.warning("--head was trained on features of another checkpoint (sha256 %s...); its outputs "
                         "may be meaningless here", str(theirs)[:12])
-        hidden_width = head_model.classifier.in_features
-        head_dims = (hidden_width, head_model.n_classes, head_model.classes.cpu().tolist())
+        head_dims = (head_model.hidden_width, head_model.n_classes, head_model.classes.tolist())
 
     entries, offset = [], 0
     for item in expand_inputs(inputs):
@@ -315,7 +315,8 @@ def main(argv=None, doc: str | None = None) -> None:
                         help="image files, folders, .txt lists, split:NAME (repeatable)")
     parser.add_argument("--out", required=True, help="store: a directory; npy/csv: the file name stem")
     parser.add_argument("--format", choices=FORMATS, default="store")
-    parser.add_argument("--head", default=None, help="a byol-head file: also write hidden, probs, pred")
+    parser.add_argument("--head", default=None, help="a head file from eval/load_and_train.py (.safetensors, or a "
+                        "version 1 .pt): also write hidden, probs, pred")
     parser.add_argument("--strict", action="store_true", help="exit 2 naming any input that is not an image")
     parser.add_argument("--batch-size", type=int, default=256, help="as byol.extract's (same rows, same groups)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding files")

@@ -6,7 +6,7 @@
     python latent_eval/generate_latent_out.py --checkpoint runs/byol/checkpoints/last.pt \\
            --input split:test --out test_latents --format csv --set data.root=/data
     python latent_eval/generate_latent_out.py --checkpoint runs/byol/encoder.pt --input photos/ \\
-           --out latents/ --head runs/byol/results/head.pt --strict
+           --out latents/ --head features/heads/mlp.safetensors --strict
 
 Inputs: image files (any extension), folders (recursive, image extensions), .txt lists (one path
 a line, relative to the list's folder), split:NAME (the checkpoint's dataset; --set overrides).

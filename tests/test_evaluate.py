@@ -1,5 +1,6 @@
 """Downstream evaluation on feature stores: known answers, agreement with scikit-learn, honest
-selection, results files and head files (bad input and the command lines: test_evaluate_input.py)."""
+selection, results files (heads in detail: test_heads.py; bad input and the command lines:
+test_evaluate_input.py)."""
 import json
 import subprocess
 import sys
@@ -12,7 +13,6 @@ import torch
 
 from byol.evaluate import neighbors
 from byol.evaluate.blocks import fit_standardizer, iter_rows, rebatch
-from byol.evaluate.heads import head_outputs, head_record, load_head, save_head
 from byol.evaluate.logreg import evaluate_logreg
 from byol.evaluate.neighbors import evaluate_knn, running_topk, uniform_vote, weighted_vote
 from byol.evaluate.options import Options
@@ -20,7 +20,6 @@ from byol.evaluate.pca import fit_projector
 from byol.evaluate.results import Tally, write_results
 from byol.evaluate.runner import run_baseline, run_head
 from byol.evaluate.splits import carve_validation, prepare
-from byol.evaluate.training import fit_selected, predict_blocks
 from byol.store_writer import ShardWriter, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,7 +261,7 @@ def test_selection_never_reads_the_test_labels(tmp_path):
     assert heads[0]["selection"] == heads[1]["selection"]
 
 
-# ---- results files, head files ----------------------------------------------------------------------
+# ---- results files ----------------------------------------------------------------------
 
 def test_results_are_never_overwritten_silently(separable, tmp_path):
     opts = replace(FAST, k=3)
@@ -282,36 +281,6 @@ def test_results_are_never_overwritten_silently(separable, tmp_path):
     assert (tmp_path / "w" / "x-confusion.csv").read_text().splitlines() == ["true\\pred,3,7", "3,1,0", "7,0,1"]
     assert write_results({"method": "x"}, np.eye(2), labels, tmp_path / "w", "x")["results_file"].endswith("x-2.json")
     assert out["confusion_labels"] == [3, 7]
-
-
-def test_head_save_load_round_trip(separable, tmp_path):
-    train, test = separable
-    data = prepare(train, test, val_fraction=0.1)
-    scaler = fit_standardizer(data.train, data.train_mask)
-    model, _ = fit_selected(data, replace(FAST, epochs=3, dropout=0.2), "mlp", mean=scaler.mean, std=scaler.scale)
-    path = save_head(tmp_path / "h.pt", head_record(model, "mlp", data.train.attrs, {"top1": 1.0}))
-    raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "byol-head" and raw["kind"] == "mlp" and raw["hidden"] == [32]
-    assert raw["store_attrs"] == ATTRS and raw["classes"] == [0, 1, 2, 3, 4]
-    loaded, meta = load_head(path)
-    assert "state_dict" not in meta and meta["n_classes"] == 5
-    x = next(iter_rows(data.test, None, 64))["embeddings"]
-    a, b = head_outputs(model, x), head_outputs(loaded, x)
-    assert a.hidden.shape == (len(x), 32) and a.probs.shape == (len(x), 5)
-    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
-    np.testing.assert_array_equal(a.pred, b.pred)
-    np.testing.assert_allclose(b.probs.sum(1), 1, atol=1e-5)
-    t = head_outputs(loaded, torch.from_numpy(x))
-    assert isinstance(t.probs, torch.Tensor) and torch.equal(t.pred, torch.from_numpy(b.pred))
-    probs, _ = predictions(predict_blocks(loaded, data.test, data.test_mask, 16))
-    np.testing.assert_allclose(probs[:len(x)], b.probs, atol=1e-6)
-    # run_head's file reproduces its own test figure
-    result = run_head("linear", train, test, replace(FAST, epochs=3))
-    head, meta = load_head(result["head_file"])
-    xs, ys = (np.concatenate(v) for v in zip(*((b["embeddings"], b["labels"]) for b in iter_rows(data.test))))
-    assert 100 * (head_outputs(head, xs).pred == ys).mean() == pytest.approx(result["top1"])
-    assert meta["metrics"]["top1"] == result["top1"] and Path(result["head_file"]).name == "linear.pt"
-    assert Path(run_head("linear", train, test, replace(FAST, epochs=1))["head_file"]).name == "linear-2.pt"
 
 
 def test_iter_rows_shuffled_and_rebatch_cover_every_selected_row_once(separable):

@@ -97,7 +97,7 @@ def test_cli_entry_points_print_the_json_last_line(separable):
     for key in ("method", "top1", "top5", "n_train", "n_test", "seconds", "streams", "selected", "head_file"):
         assert key in result
     assert result["method"] == "mlp" and result["n_train"] == 300 and result["n_test"] == 100
-    assert Path(result["head_file"]) == train.parent / "heads" / "mlp.pt"
+    assert Path(result["head_file"]) == train.parent / "heads" / "mlp.safetensors"
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from byol.config import load_config, to_dict
-from byol.evaluate.heads import build_head, head_outputs, head_record, save_head
+from byol.evaluate.head_file import head_record, save_head
+from byol.evaluate.heads import build_head, head_outputs
 from byol.extract import extract
 from byol.latent import generate
 from byol.store import FeatureStore
@@ -96,14 +97,14 @@ def test_folder_vectors_equal_byol_extract(encoder_pt, odd_folder, tmp_path):
 
 def test_npy_csv_and_head_outputs(encoder_pt, odd_folder, tmp_path):
     head = build_head("mlp", 512, 3, hidden=(8,), classes=[2, 5, 7])
-    save_head(tmp_path / "head.pt", head_record(head, "mlp", {}, {}))
+    save_head(tmp_path / "head.safetensors", head_record(head, "mlp", {}, {}))
     files = [str(odd_folder / n) for n in GOOD[:3]] + [str(odd_folder / "fake.jpg")]
     (tmp_path / "list.txt").write_text(f"# a comment\n\n{odd_folder / GOOD[3]}\n")
     inputs = files + [str(tmp_path / "list.txt")]
-    store = generate(encoder_pt, inputs, tmp_path / "s", head=str(tmp_path / "head.pt"), progress=False)
-    npy = generate(encoder_pt, inputs, tmp_path / "v.npy", fmt="npy", head=str(tmp_path / "head.pt"),
+    store = generate(encoder_pt, inputs, tmp_path / "s", head=str(tmp_path / "head.safetensors"), progress=False)
+    npy = generate(encoder_pt, inputs, tmp_path / "v.npy", fmt="npy", head=str(tmp_path / "head.safetensors"),
                    progress=False, batch_size=2)
-    csv_ = generate(encoder_pt, inputs, tmp_path / "t", fmt="csv", head=str(tmp_path / "head.pt"), progress=False)
+    csv_ = generate(encoder_pt, inputs, tmp_path / "t", fmt="csv", head=str(tmp_path / "head.safetensors"), progress=False)
     for s in (store, npy, csv_):
         assert (s["n_inputs"], s["n_written"], s["n_skipped"]) == (5, 4, 1)
     emb = FeatureStore.open(tmp_path / "s").to_array()

@@ -128,7 +128,7 @@ def add_head_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", required=True, choices=("mlp", "linear"))
     p.add_argument("--hidden", type=_numbers(int), default=(512,), help="MLP hidden sizes, e.g. 1024,512")
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--out-head", default=None, help="default: <train>/../heads/<head>.pt")
+    p.add_argument("--out-head", default=None, help="default: <train>/../heads/<head>.safetensors")
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

@@ -117,10 +117,10 @@ def run_baseline(method: str, train: str | Path, test: str | Path, opts: Options
 def run_head(kind: str, train: str | Path, test: str | Path, opts: Options | None = None) -> dict:
     """Train an MLP or linear head over blocks (epochs chosen on validation), test it, save it.
 
-    The head goes to --out-head, default `<train>/../heads/<kind>.pt` (`<kind>-2.pt`, ... when taken,
-    unless --overwrite); load it with byol.evaluate.heads.load_head.
+    The head goes to --out-head, default `<train>/../heads/<kind>.safetensors` (`<kind>-2.safetensors`,
+    ... when taken, unless --overwrite); load it with byol.evaluate.head_file.load_head.
     """
-    from byol.evaluate.heads import head_record, save_head
+    from byol.evaluate.head_file import SUFFIX, head_record, save_head
     from byol.evaluate.training import fit_selected, predict_blocks
 
     opts = (opts or Options()).check()
@@ -132,7 +132,7 @@ def run_head(kind: str, train: str | Path, test: str | Path, opts: Options | Non
             raise ConfigError(f"{head_path}: exists; choose another --out-head or pass --overwrite")
     else:
         heads_dir = default_dir(data.train.split_dir, "heads")
-        head_path = heads_dir / f"{free_stem(heads_dir, kind, ('.pt',), opts.overwrite)}.pt"
+        head_path = heads_dir / f"{free_stem(heads_dir, kind, (SUFFIX,), opts.overwrite)}{SUFFIX}"
     scaler = fit_standardizer(data.train, data.train_mask, opts.block_rows)
     model, info = fit_selected(data, opts, kind, mean=scaler.mean, std=scaler.scale)
     scores = predict_blocks(model, data.test, data.test_mask, opts.block_rows, desc="test")

@@ -1,8 +1,10 @@
 """Training a head (MLP, or linear = softmax regression) over row blocks of the store, streaming.
 
 Each epoch reads the selected training rows as a shuffle buffer of randomly chosen blocks (so a
-class-sorted store still gives mixed minibatches) and takes AdamW steps on minibatches. Memory is
-one shuffle buffer (about 64 MB of features) plus the model, whatever the number of rows.
+class-sorted store still gives mixed minibatches) and takes AdamW steps (Loshchilov & Hutter 2019,
+decoupled weight decay, as torch.optim.AdamW) on minibatches. Memory is one shuffle buffer (about
+64 MB of features) plus the weights and the optimiser's two moments, whatever the number of rows.
+All in numpy (byol.evaluate.heads says why): evaluation never imports torch.
 
 Honest selection: with a validation split, a first model is trained on the training rows outside
 it for up to `epochs` epochs, scored on the validation rows after each; the best epoch count is then
@@ -14,69 +16,98 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
-from torch import nn
 
 from byol.evaluate.blocks import SHUFFLE_BLOCK_BYTES, SHUFFLE_BLOCKS, iter_rows, progress, rows_for, transformed
-from byol.evaluate.heads import Head, build_head
+from byol.evaluate.heads import Head, build_head, cross_entropy, head_outputs
 from byol.evaluate.results import accuracy
 
 
+class AdamW:
+    """torch.optim.AdamW's update (betas 0.9/0.999, eps 1e-8, bias-corrected), in place on numpy arrays."""
+
+    def __init__(self, params: list[np.ndarray], lr: float, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.weight_decay, self.betas, self.eps = params, lr, weight_decay, betas, eps
+        self.exp_avg = [np.zeros_like(p) for p in params]
+        self.exp_avg_sq = [np.zeros_like(p) for p in params]
+        self.steps = 0
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self.steps += 1
+        beta1, beta2 = self.betas
+        step_size = self.lr / (1 - beta1 ** self.steps)
+        correction2_sqrt = np.sqrt(1 - beta2 ** self.steps)
+        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            if self.weight_decay:
+                p *= 1 - self.lr * self.weight_decay
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * g * g
+            denom = np.sqrt(v)
+            denom /= correction2_sqrt
+            denom += self.eps
+            p -= step_size * m / denom
+
+
 def _new_head(kind, in_dim, data, opts, mean, std, seed) -> Head:
-    torch.manual_seed(seed)
-    return build_head(kind, in_dim, data.n_classes, opts.hidden, opts.dropout, classes=data.classes,
+    return build_head(kind, in_dim, data.n_classes, opts.hidden, opts.dropout, seed=seed, classes=data.classes,
                       mean=mean, std=std)
 
 
-def train_epoch(model: Head, optimizer, data, mask: np.ndarray, opts, epoch: int,
+def train_epoch(model: Head, optimizer: AdamW, data, mask: np.ndarray, opts, epoch: int,
                 transform: Callable | None) -> float:
     """One pass over the selected rows in shuffled blocks; returns the mean training loss."""
-    model.train()
-    rng = np.random.default_rng([opts.seed, epoch])
+    rng = np.random.default_rng([opts.seed, epoch])            # block order, row shuffle and dropout
     block = rows_for(data.train.dim, opts.block_rows, SHUFFLE_BLOCK_BYTES)
-    loss_fn, total, count = nn.CrossEntropyLoss(), 0.0, 0
+    total, count = 0.0, 0
     with progress(data.train.n_rows, f"epoch {epoch + 1}") as bar:
         blocks = iter_rows(data.train, mask, block, rng=rng, mix=SHUFFLE_BLOCKS, bar=bar)
         for chunk in transformed(blocks, transform):
-            x = torch.from_numpy(np.ascontiguousarray(chunk["embeddings"], np.float32))
-            y = torch.from_numpy(data.encode(chunk["labels"]))
+            x = np.ascontiguousarray(chunk["embeddings"], np.float32)
+            y = data.encode(chunk["labels"])
             for start in range(0, len(y), opts.batch_size):
-                loss = loss_fn(model(x[start:start + opts.batch_size]), y[start:start + opts.batch_size])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                n = min(opts.batch_size, len(y) - start)
-                total, count = total + loss.item() * n, count + n
+                xb, yb = x[start:start + opts.batch_size], y[start:start + opts.batch_size]
+                logits, cache = model.forward_train(xb, rng)
+                loss, grad = cross_entropy(logits, yb)
+                optimizer.step(model.backward(cache, grad))
+                total, count = total + loss * len(yb), count + len(yb)
             del chunk, x, y    # free this shuffle buffer before the next one is read
     return total / max(count, 1)
 
 
-@torch.no_grad()
 def predict_blocks(model: Head, store, mask: np.ndarray, block_rows: int, transform: Callable | None = None,
                    desc: str = "predict") -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(class probabilities [n, C], original labels [n]) for the selected rows, block by block."""
-    model.eval()
     with progress(store.n_rows, desc) as bar:
         for chunk in transformed(iter_rows(store, mask, block_rows, bar=bar), transform):
-            x = torch.from_numpy(np.ascontiguousarray(chunk["embeddings"], np.float32))
-            yield model(x).softmax(dim=1).numpy(), chunk["labels"]
+            yield head_outputs(model, chunk["embeddings"]).probs, chunk["labels"]
 
 
 def fit(model: Head, data, mask: np.ndarray, epochs: int, opts, transform: Callable | None = None,
-        val_mask: np.ndarray | None = None) -> list[float]:
-    """Train for `epochs`; returns the validation top-1 (%) after each epoch (empty without val_mask)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        val_mask: np.ndarray | None = None) -> list[tuple[float, float]]:
+    """Train for `epochs`; returns (validation top-1 %, validation cross-entropy) after each epoch
+    (empty without val_mask)."""
+    optimizer = AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     curve = []
     for epoch in range(epochs):
         train_epoch(model, optimizer, data, mask, opts, epoch, transform)
         if val_mask is not None:
-            hits = n = 0
+            hits = nll = n = 0.0
             scored = predict_blocks(model, data.train, val_mask, opts.block_rows, transform, "validation")
             for probs, labels in scored:
-                hits += accuracy(probs, data.encode(labels)) * len(labels) / 100
+                targets = data.encode(labels)
+                hits += accuracy(probs, targets) * len(labels) / 100
+                nll -= np.log(np.maximum(probs[np.arange(len(targets)), targets], 1e-12)).sum()
                 n += len(labels)
-            curve.append(100.0 * hits / max(n, 1))
+            curve.append((100.0 * hits / max(n, 1), float(nll / max(n, 1))))
     return curve
+
+
+def best_epoch(curve: list[tuple[float, float]]) -> int:
+    """1-based epoch with the best validation top-1; ties (a small validation split often reaches
+    100% early) go to the lower validation cross-entropy, so saturation doesn't pick an undertrained epoch."""
+    return min(range(len(curve)), key=lambda i: (-curve[i][0], curve[i][1])) + 1
 
 
 def fit_selected(data, opts, kind: str, mean=None, std=None, transform: Callable | None = None
@@ -90,14 +121,15 @@ def fit_selected(data, opts, kind: str, mean=None, std=None, transform: Callable
     if data.val_mask.any():
         probe = _new_head(kind, in_dim, data, opts, mean, std, opts.seed)
         curve = fit(probe, data, data.fit_mask, opts.epochs, opts, transform, data.val_mask)
-        epochs = int(np.argmax(curve)) + 1
-        selection = {"on": "validation", "max_epochs": opts.epochs, "val_top1": curve,
-                     "best_val_top1": float(max(curve))}
+        epochs = best_epoch(curve)
+        selection = {"on": "validation", "max_epochs": opts.epochs, "val_top1": [c[0] for c in curve],
+                     "val_loss": [round(c[1], 6) for c in curve], "best_val_top1": curve[epochs - 1][0],
+                     "rule": "best validation top-1, ties to the lower validation cross-entropy"}
     else:
         epochs, selection = opts.epochs, {"on": "flag (no validation split)"}
     model = _new_head(kind, in_dim, data, opts, mean, std, opts.seed)
     fit(model, data, data.train_mask, epochs, opts, transform)
-    info = {"selected": {"epochs": epochs}, "selection": selection, "streams": True,
+    info = {"selected": {"epochs": epochs}, "selection": selection, "streams": True, "solver": "numpy AdamW",
             "optimizer": {"name": "adamw", "lr": opts.lr, "weight_decay": opts.weight_decay,
                           "batch_size": opts.batch_size}}
     if kind == "mlp":

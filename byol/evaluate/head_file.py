@@ -1,0 +1,130 @@
+"""A trained head's file: safetensors (weights) + JSON metadata, written atomically, read without pickle.
+
+    heads/mlp.safetensors
+        tensors   body.{3i}.weight [h_i, in], body.{3i}.bias [h_i], classifier.weight [C, h], classifier.bias [C],
+                  mean [in_dim], std [in_dim] (float32; the training split's standardisation), classes [C] int64
+        metadata  {"format": "byol-head", "version": "2", "head": JSON of kind, in_dim, hidden, dropout,
+                   n_classes, classes, store_attrs (encoder provenance of the training store), metrics}
+
+Why safetensors: it holds only arrays and strings (nothing to unpickle, so a head file from anyone
+is safe to open), it is written from numpy without torch, and torch reads it too:
+`safetensors.torch.load_file(path)` gives a state dict for the equivalent nn.Sequential (see
+byol.evaluate.heads). Version 1 files (`torch.save` of a dict, earlier releases of this project)
+are still read, with `torch.load(weights_only=True)`.
+
+Use: `head, meta = load_head(path)`; `save_head(path, head_record(head, kind, store_attrs, metrics))`.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from byol.atomic import atomic_path
+from byol.errors import CheckpointError
+from byol.evaluate.heads import Head, build_head
+
+FORMAT = "byol-head"
+VERSION = 2
+SUFFIX = ".safetensors"
+META_KEYS = ("kind", "in_dim", "hidden", "dropout", "n_classes", "classes", "store_attrs", "metrics")
+
+
+def head_record(head: Head, kind: str, store_attrs: dict, metrics: dict) -> dict:
+    """What save_head writes: {"tensors": {name: array}, "meta": JSON-able dict}."""
+    tensors = {k: np.ascontiguousarray(v) for k, v in head.state_dict().items()}
+    tensors.update(mean=head.mean, std=head.std, classes=head.classes)
+    meta = {"format": FORMAT, "version": VERSION, "kind": kind, "in_dim": head.in_dim, "hidden": head.hidden,
+            "dropout": head.dropout, "n_classes": head.n_classes, "classes": [int(c) for c in head.classes],
+            "store_attrs": _plain(store_attrs), "metrics": _plain(metrics)}
+    return {"tensors": tensors, "meta": meta}
+
+
+def save_head(path: str | Path, record: dict) -> Path:
+    """Write atomically (temp file + fsync + rename): the old file, if any, stays until the new one is whole."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(record["tensors"], str(tmp),
+                  metadata={"format": FORMAT, "version": str(VERSION), "head": json.dumps(record["meta"])})
+    return Path(path)
+
+
+def load_head(path: str | Path) -> tuple[Head, dict]:
+    """(head, its metadata: kind, in_dim, hidden, dropout, n_classes, classes, store_attrs, metrics).
+
+    CheckpointError naming the file when it is missing, not a head file, or its weights don't fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such head file: train one with eval/load_and_train.py")
+    if zipfile.is_zipfile(path):                    # torch.save's format: a version 1 head file
+        tensors, meta = _read_version_1(path)
+    else:
+        tensors, meta = _read_safetensors(path)
+    try:
+        head = build_head(meta["kind"], int(meta["in_dim"]), int(meta["n_classes"]), meta["hidden"],
+                          float(meta["dropout"]), classes=meta["classes"], mean=tensors.pop("mean"),
+                          std=tensors.pop("std"))
+        tensors.pop("classes", None)
+        head.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: weights don't fit the recorded architecture ({e}); "
+                              f"retrain the head with eval/load_and_train.py") from None
+    return head, meta
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not a head file"
+        raise CheckpointError(f"{path}: not a readable head file ({type(e).__name__}: {e}); "
+                              f"train one with eval/load_and_train.py") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a byol-head file (format {header.get('format')!r})")
+    if int(header.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path}: head file version {header['version']} is newer than this library reads; "
+                              f"upgrade byol")
+    try:
+        meta = json.loads(header["head"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: head file without readable metadata") from None
+    return tensors, meta
+
+
+def _read_version_1(path: Path) -> tuple[dict, dict]:
+    """A head written by torch.save (version 1); torch is imported only here."""
+    import torch
+
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a head file"
+        raise CheckpointError(f"{path}: not a readable head file ({type(e).__name__}: {e})") from None
+    found = record.get("format") if isinstance(record, dict) else type(record).__name__
+    if found != FORMAT:
+        raise CheckpointError(f"{path}: not a byol-head file (format {found!r})")
+    try:
+        tensors = {k: v.numpy() for k, v in record["state_dict"].items()}
+        tensors.update(mean=record["mean"].numpy(), std=record["std"].numpy())
+    except (KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: version 1 head file without {e}") from None
+    return tensors, {k: record.get(k) for k in ("format", "version", *META_KEYS)}
+
+
+def _plain(value):
+    """JSON values only (numpy scalars become numbers; anything else its string)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
