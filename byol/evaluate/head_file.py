@@ -25,6 +25,7 @@ import numpy as np
 from byol.atomic import atomic_path
 from byol.errors import CheckpointError
 from byol.evaluate.heads import Head, build_head
+from byol.store import _to_json
 
 FORMAT = "byol-head"
 VERSION = 2
@@ -33,12 +34,12 @@ META_KEYS = ("kind", "in_dim", "hidden", "dropout", "n_classes", "classes", "sto
 
 
 def head_record(head: Head, kind: str, store_attrs: dict, metrics: dict) -> dict:
-    """What save_head writes: {"tensors": {name: array}, "meta": JSON-able dict}."""
+    """What save_head writes: {"tensors": {name: array}, "meta": dict (numpy scalars and arrays become JSON)}."""
     tensors = {k: np.ascontiguousarray(v) for k, v in head.state_dict().items()}
     tensors.update(mean=head.mean, std=head.std, classes=head.classes)
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, "in_dim": head.in_dim, "hidden": head.hidden,
             "dropout": head.dropout, "n_classes": head.n_classes, "classes": [int(c) for c in head.classes],
-            "store_attrs": _plain(store_attrs), "metrics": _plain(metrics)}
+            "store_attrs": store_attrs, "metrics": metrics}
     return {"tensors": tensors, "meta": meta}
 
 
@@ -48,7 +49,7 @@ def save_head(path: str | Path, record: dict) -> Path:
 
     with atomic_path(path) as tmp:
         save_file(record["tensors"], str(tmp),
-                  metadata={"format": FORMAT, "version": str(VERSION), "head": json.dumps(record["meta"])})
+                  metadata={"format": FORMAT, "version": str(VERSION), "head": _to_json(record["meta"])})
     return Path(path)
 
 
@@ -116,15 +117,3 @@ def _read_version_1(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: version 1 head file without {e}") from None
     return tensors, {k: record.get(k) for k in ("format", "version", *META_KEYS)}
 
-
-def _plain(value):
-    """JSON values only (numpy scalars become numbers; anything else its string)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

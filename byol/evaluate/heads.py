@@ -74,20 +74,27 @@ class Head:
             target[...] = value
 
     # ---- forward / backward ------------------------------------------------------------------
+    def standardise(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, np.float32) - self.mean) / self.std
+
+    def classify(self, h: np.ndarray) -> np.ndarray:
+        """[n, hidden_width] -> logits [n, n_classes]: the final Linear."""
+        return h @ self.weights[-1].T + self.biases[-1]
+
     def features(self, x: np.ndarray) -> np.ndarray:
         """[n, in_dim] -> [n, hidden_width]: last hidden activations (standardised input if linear)."""
-        h = (np.asarray(x, np.float32) - self.mean) / self.std
+        h = self.standardise(x)
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
             h = np.maximum(h @ w.T + b, 0)
         return h
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """[n, in_dim] -> [n, n_classes], eval mode (no dropout)."""
-        return self.features(x) @ self.weights[-1].T + self.biases[-1]
+        return self.classify(self.features(x))
 
     def forward_train(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list]:
         """Logits [n, n_classes] with dropout on, and what backward needs (each layer's input and mask)."""
-        h = (np.asarray(x, np.float32) - self.mean) / self.std
+        h = self.standardise(x)
         inputs, masks = [h], []
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
             h = np.maximum(h @ w.T + b, 0)
@@ -100,7 +107,7 @@ class Head:
             else:
                 masks.append(None)
             inputs.append(h)
-        return h @ self.weights[-1].T + self.biases[-1], [inputs, masks]
+        return self.classify(h), [inputs, masks]
 
     def backward(self, cache: list, grad_logits: np.ndarray) -> list[np.ndarray]:
         """Gradients of the loss w.r.t. parameters(), in that order, from dloss/dlogits [n, n_classes]."""
@@ -163,5 +170,5 @@ def head_outputs(head: Head, embeddings, batch_size: int = 65536) -> HeadOutputs
     for start in range(0, len(x), batch_size):
         h = head.features(x[start:start + batch_size])
         hidden[start:start + len(h)] = h
-        probs[start:start + len(h)] = softmax(h @ head.weights[-1].T + head.biases[-1])
+        probs[start:start + len(h)] = softmax(head.classify(h))
     return HeadOutputs(hidden, probs, head.classes[probs.argmax(axis=1)])

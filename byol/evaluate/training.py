@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from byol.evaluate.blocks import SHUFFLE_BLOCK_BYTES, SHUFFLE_BLOCKS, iter_rows, progress, rows_for, transformed
-from byol.evaluate.heads import Head, build_head, cross_entropy, head_outputs
+from byol.evaluate.heads import Head, build_head, cross_entropy, softmax
 from byol.evaluate.results import accuracy
 
 
@@ -44,10 +44,12 @@ class AdamW:
             m += (1 - beta1) * g
             v *= beta2
             v += (1 - beta2) * g * g
-            denom = np.sqrt(v)
-            denom /= correction2_sqrt
-            denom += self.eps
-            p -= step_size * m / denom
+            update = np.sqrt(v)                                  # one temporary per parameter
+            update /= correction2_sqrt
+            update += self.eps
+            np.divide(m, update, out=update)
+            update *= step_size
+            p -= update
 
 
 def _new_head(kind, in_dim, data, opts, mean, std, seed) -> Head:
@@ -81,7 +83,7 @@ def predict_blocks(model: Head, store, mask: np.ndarray, block_rows: int, transf
     """(class probabilities [n, C], original labels [n]) for the selected rows, block by block."""
     with progress(store.n_rows, desc) as bar:
         for chunk in transformed(iter_rows(store, mask, block_rows, bar=bar), transform):
-            yield head_outputs(model, chunk["embeddings"]).probs, chunk["labels"]
+            yield softmax(model.logits(chunk["embeddings"])), chunk["labels"]
 
 
 def fit(model: Head, data, mask: np.ndarray, epochs: int, opts, transform: Callable | None = None,
