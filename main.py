@@ -26,7 +26,8 @@ def main():
 
     def run():
         from byol.config import load_config
-        from byol.train import resume_config, train
+        from byol.pretrain.checkpoint import resume_config
+        from byol.pretrain.loop import train
         if args.resume:
             cfg = resume_config(args.resume, args.overrides)
         else:

@@ -1,4 +1,4 @@
-"""Throughput of byol.augment.BYOLViews: two views of a uint8 batch, on CPU or CUDA.
+"""Throughput of byol.data.augment.BYOLViews: two views of a uint8 batch, on CPU or CUDA.
 
     python benchmarks/augment_throughput.py --batch-size 64 --size 96 --steps 20 [--device cuda]
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout, uninstalled
-from byol.augment import BYOLViews  # noqa: E402
+from byol.data.augment import BYOLViews  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -37,7 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                                    # run from a checkout, uninstalled
-from byol.store_writer import ShardWriter, write_manifest  # noqa: E402
+from byol.store.writer import ShardWriter, write_manifest  # noqa: E402
 
 METHODS = ("logreg", "knn", "pca-logreg", "pca-knn", "linear", "mlp")
 WRITE_ROWS = 65536

@@ -45,8 +45,8 @@ def warm_up(args) -> None:
     """One untimed forward of a full batch, so neither run pays for kernel selection (oneDNN/cuDNN)."""
     import torch
     from byol.distributed import resolve_device
-    from byol.extract_sources import EncoderSource
-    from byol.model import FEATURE_DIMS, build_encoder
+    from byol.encoders.source import EncoderSource
+    from byol.encoders.build import FEATURE_DIMS, build_encoder
     source = EncoderSource(args.arch, args.image_size, FEATURE_DIMS[args.arch], "avgpool",
                            module=build_encoder(args.arch))
     source.to(resolve_device(args.device), args.precision, args.channels_last)
@@ -59,7 +59,7 @@ def encoder_only(args, n: int) -> dict:
     from byol.config import load_config
     from byol.data import build_dataset
     from byol.distributed import resolve_device
-    from byol.extract_sources import load_source
+    from byol.encoders.source import load_source
     source, _ = load_source(args.checkpoint, data_overrides(args, n))
     source.to(resolve_device(args.device), args.precision, args.channels_last)
     dataset = build_dataset(load_config(None, data_overrides(args, n)).data, args.image_size, "train")
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
         return result
 
     import torch
-    from byol.model import build_encoder
-    from byol.stl10 import write_stl10_binary
+    from byol.encoders.build import build_encoder
+    from byol.data.stl10 import write_stl10_binary
     sizes = sorted(set(args.n_images))
     with tempfile.TemporaryDirectory() as tmp:
         write_stl10_binary(Path(tmp) / "stl", n_train=max(sizes[-1], args.throughput_images), n_test=1,

@@ -32,7 +32,8 @@ from byol.evaluate.options import Options  # noqa: E402
 from byol.evaluate.runner import run_baseline, run_head  # noqa: E402
 from byol.extract import extract  # noqa: E402
 from byol.store import FeatureStore  # noqa: E402
-from byol.train import build_networks, export_encoder, train  # noqa: E402
+from byol.pretrain.loop import build_networks, train  # noqa: E402
+from byol.pretrain.checkpoint import export_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 

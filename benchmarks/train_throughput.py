@@ -1,4 +1,4 @@
-"""End-to-end BYOL pretraining throughput: the real `byol.train.train` loop (DataLoader over
+"""End-to-end BYOL pretraining throughput: the real `byol.pretrain.train` loop (DataLoader over
 STL-10-layout binary files, per-sample batched augmentation, online + EMA target, optimizer step).
 
     python benchmarks/train_throughput.py                       # ResNet-18, 96 px, batch 64, auto precision
@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from byol.augment import BYOLViews  # noqa: E402
+from byol.data.augment import BYOLViews  # noqa: E402
 from byol.config import load_config  # noqa: E402
-from byol.stl10 import write_stl10_binary  # noqa: E402
-from byol.train import resolve_precision, train  # noqa: E402
+from byol.data.stl10 import write_stl10_binary  # noqa: E402
+from byol.pretrain.loop import resolve_precision, train  # noqa: E402
 
 
 def augmentation_ms(batch: int, size: int, repeats: int = 10) -> float:

@@ -312,3 +312,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (temp file + rename)."""
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def small_stem_for(cfg: Config) -> bool:
+    s = cfg.network.small_stem
+    return cfg.data_transforms.input_shape[0] <= 64 if s is None else s

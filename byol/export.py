@@ -26,7 +26,7 @@ import torch
 
 from byol.config import ConfigError
 from byol.errors import TrainingError
-from byol.extract_sources import load_source
+from byol.encoders.source import load_source
 
 log = logging.getLogger("byol")
 

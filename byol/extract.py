@@ -38,15 +38,16 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from byol import distributed as dist_utils
-from byol.checkpoint import library_versions
+from byol.pretrain.checkpoint import library_versions
 from byol.config import ConfigError, to_dict
 from byol.data import build_dataset
 from byol.errors import StoreError
-from byol.extract_sources import PIXELS, PRECISIONS, default_workers, iter_batches, load_source
-from byol.shard_sink import ShardSink
+from byol.encoders.source import PIXELS, PRECISIONS, load_source
+from byol.data.batches import default_workers, iter_batches
+from byol.store.sink import ShardSink
 from byol.store import DTYPES, MANIFEST, file_sha256, shard_name
-from byol.store_writer import write_manifest
-from byol.write_lock import exclusive_writer
+from byol.store.writer import write_manifest
+from byol.store.lock import exclusive_writer
 
 log = logging.getLogger("byol")
 

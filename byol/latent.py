@@ -6,7 +6,7 @@ the order given (each kept in that order):
   image file         any Pillow-readable file, whatever its extension (decoded as `byol.extract`
                      decodes image folders: EXIF-upright, RGB, shorter side to the checkpoint's
                      image size, centre crop)
-  folder             every image file below it (extensions of byol.image_folder.EXTENSIONS,
+  folder             every image file below it (extensions of byol.data.image_folder.EXTENSIONS,
                      hidden files ignored), sorted by relative path exactly as an image-folder
                      extraction sorts them
   LIST.txt           one path per line (blank lines and lines starting with # ignored); relative
@@ -56,8 +56,9 @@ from tqdm import tqdm
 
 from byol.config import ConfigError, to_dict
 from byol.errors import DataError
-from byol.extract_sources import load_source, read_rows
-from byol.image_folder import EXTENSIONS, _find_images, decode_image
+from byol.encoders.source import load_source
+from byol.data.batches import read_rows
+from byol.data.image_folder import EXTENSIONS, find_images, decode_image
 from byol.latent_outputs import HEAD_FIELDS, CsvOut, NpyOut, StoreOut, check_out, out_base
 
 log = logging.getLogger("byol")
@@ -99,7 +100,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
             continue
         path = Path(item).expanduser()
         if path.is_dir():
-            found = _find_images([path], path)
+            found = find_images([path], path)
             if not found:
                 log.warning("folder '%s' holds no image files (%s)", path, " ".join(EXTENSIONS))
             out += [str(p) for p, _ in found]

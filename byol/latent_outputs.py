@@ -14,8 +14,8 @@ import numpy as np
 
 from byol.config import ConfigError
 from byol.store import MANIFEST
-from byol.store_writer import ShardWriter, write_manifest
-from byol.write_lock import exclusive_writer
+from byol.store.writer import ShardWriter, write_manifest
+from byol.store.lock import exclusive_writer
 
 HEAD_FIELDS = ("head_hidden", "head_probs", "head_pred")
 

@@ -34,13 +34,13 @@ def git_revision() -> str:
 
 
 def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int = 30) -> dict:
-    from byol.checkpoint import library_versions
+    from byol.pretrain.checkpoint import library_versions
     from byol.config import load_config
     from byol.evaluate.options import Options
     from byol.evaluate.runner import run_baseline, run_head
     from byol.extract import extract
     from byol.report import write_report
-    from byol.train import train
+    from byol.pretrain.loop import train
 
     cfg = load_config(config_file, overrides)
     run_dir = Path(cfg.trainer.run_dir)
@@ -57,7 +57,7 @@ def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int
 
     if resume is not None:
         log.info("found %s: resuming that run", resume / "checkpoints" / "last.pt")
-        from byol.train import resume_config
+        from byol.pretrain.checkpoint import resume_config
         cfg = resume_config(resume, overrides)
     summary = timed("pretrain", lambda: train(cfg, resume=resume))
     encoder = summary["encoder"]

@@ -8,11 +8,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 
-from byol.augment import (
-    IMAGENET_MEAN, IMAGENET_STD, JITTER_OPS, BYOLViews, adjust_brightness, adjust_contrast,
-    adjust_hue, adjust_saturation, blur_kernel_size, crop_boxes, eval_transform, gaussian_blur,
-    hflip, resized_crop, rgb_to_grayscale, solarize,
-)
+from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, JITTER_OPS, BYOLViews, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, blur_kernel_size, crop_boxes, eval_transform, gaussian_blur, hflip, resized_crop, rgb_to_grayscale, solarize
 
 
 def smooth_images(n, h, w, seed=0, low=6):

@@ -31,7 +31,7 @@ from PIL import Image
 from byol.config import Config, ConfigError, from_dict, load_config, to_dict
 from byol.extract import main as extract_main
 from byol.store import FeatureStore
-from byol.train import train
+from byol.pretrain.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TINY  # noqa: E402

@@ -13,12 +13,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from byol import stl10 as stl10_module
+from byol.data import stl10 as stl10_module
 from byol.config import Data
-from byol.data import Digits, build_dataset, dataset_labels
+from byol.data.digits import Digits
+from byol.data import build_dataset, dataset_labels
 from byol.errors import DataError
-from byol.image_folder import ImageFolder
-from byol.stl10 import RECORD, STL10, download_stl10, write_stl10_binary
+from byol.data.image_folder import ImageFolder
+from byol.data.stl10 import RECORD, STL10, download_stl10, write_stl10_binary
 
 
 # ---------------------------------------------------------------------------------------- STL-10

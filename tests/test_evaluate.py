@@ -20,7 +20,7 @@ from byol.evaluate.pca import fit_projector
 from byol.evaluate.results import Tally, write_results
 from byol.evaluate.runner import run_baseline, run_head
 from byol.evaluate.splits import carve_validation, prepare
-from byol.store_writer import ShardWriter, write_manifest
+from byol.store.writer import ShardWriter, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTRS = {"encoder": "resnet18", "checkpoint_sha256": "ab" * 32, "image_size": 96}
@@ -210,8 +210,8 @@ def test_weighted_vote_hand_computed():
     torch_votes = weighted_vote(torch.tensor(sim), torch.tensor(labels), 3, 0.5)
     np.testing.assert_allclose(torch_votes.numpy(), expected)
     np.testing.assert_array_equal(uniform_vote(labels, 3), [[2, 1, 0], [0, 1, 2]])
-    # byol.knn (the training-time monitor) uses the same vote: one neighbour per class, k=2
-    from byol.knn import weighted_knn_scores
+    # byol.pretrain.monitor (the training-time kNN monitor) uses the same vote: one neighbour per class, k=2
+    from byol.pretrain.monitor import weighted_knn_scores
     train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     scores = weighted_knn_scores(train, torch.tensor([0, 1, 2]), torch.tensor([[1.0, 1.0]]), 3, k=2,
                                  temperature=0.5)

@@ -13,16 +13,16 @@ import torch
 import torchvision
 from PIL import Image
 
-import byol.shard_sink as shard_sink_module
-from byol.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+import byol.store.sink as shard_sink_module
+from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from byol.config import load_config
-from byol.data import Digits
+from byol.data.digits import Digits
 from byol.errors import StoreError
 from byol.extract import extract, main
-from byol.model import build_encoder
-from byol.stl10 import STL10, write_stl10_binary
+from byol.encoders.build import build_encoder
+from byol.data.stl10 import STL10, write_stl10_binary
 from byol.store import FeatureStore, file_sha256, shard_name
-from byol.train import train
+from byol.pretrain.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TINY  # noqa: E402

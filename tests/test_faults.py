@@ -26,13 +26,14 @@ import h5py
 import pytest
 import torch
 
-import byol.checkpoint as ckpt_module
+import byol.pretrain.checkpoint as ckpt_module
 from byol.config import load_config
 from byol.errors import StoreError, WriteError
 from byol.extract import extract
 from byol.store import FeatureStore, file_sha256
-from byol.train import resume_config, train
-from byol.write_lock import exclusive_writer
+from byol.pretrain.checkpoint import resume_config
+from byol.pretrain.loop import train
+from byol.store.lock import exclusive_writer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TINY  # noqa: E402

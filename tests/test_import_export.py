@@ -9,12 +9,12 @@ import torch
 import torchvision
 from torch import nn
 
-from byol.checkpoint import encoder_state_from, load_file
-from byol.checkpoint_import import STHALLES_CHILDREN
+from byol.encoders.files import encoder_state_from, load_file
+from byol.encoders.foreign import STHALLES_CHILDREN
 from byol.config import load_config, to_dict
 from byol.errors import CheckpointError
 from byol.export import export
-from byol.model import build_encoder
+from byol.encoders.build import build_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 

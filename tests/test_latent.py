@@ -18,7 +18,7 @@ from byol.evaluate.heads import build_head, head_outputs
 from byol.extract import extract
 from byol.latent import generate
 from byol.store import FeatureStore
-from byol.model import build_encoder
+from byol.encoders.build import build_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TINY  # noqa: E402

@@ -5,12 +5,13 @@ import pytest
 import torch
 import torchvision
 
-from byol import checkpoint as ckpt_io
+from byol.encoders.files import encoder_state_from, load_file
+from byol.pretrain.checkpoint import atomic_save, load_training_checkpoint
 from byol.config import Optimizer as OptimizerConfig
 from byol.errors import CheckpointError
-from byol.model import (OnlineNetwork, TargetNetwork, build_encoder, byol_loss, collapse_indicator,
-                        regression_loss)
-from byol.optim import LARS, build_optimizer, ema_rate_at, learning_rate_at, parameter_groups
+from byol.pretrain.model import OnlineNetwork, TargetNetwork, byol_loss, collapse_indicator, regression_loss
+from byol.encoders.build import build_encoder
+from byol.pretrain.optim import LARS, build_optimizer, ema_rate_at, learning_rate_at, parameter_groups
 
 
 def tiny_online():
@@ -119,22 +120,22 @@ def test_lars_trust_ratio_step():
 
 
 def test_atomic_save_and_safe_load(tmp_path):
-    path = ckpt_io.atomic_save({"a": torch.arange(3), "step": 5}, tmp_path / "c.pt")
-    assert ckpt_io.load_file(path)["step"] == 5
+    path = atomic_save({"a": torch.arange(3), "step": 5}, tmp_path / "c.pt")
+    assert load_file(path)["step"] == 5
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]          # no temp file left behind
 
 
 def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):
-    good = ckpt_io.atomic_save({"w": torch.randn(100)}, tmp_path / "good.pt")
+    good = atomic_save({"w": torch.randn(100)}, tmp_path / "good.pt")
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="cut.pt' is truncated or not a PyTorch file"):
-        ckpt_io.load_file(tmp_path / "cut.pt")
+        load_file(tmp_path / "cut.pt")
     with pytest.raises(CheckpointError, match="not found"):
-        ckpt_io.load_file(tmp_path / "missing.pt")
+        load_file(tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match="not a byol training checkpoint"):
-        ckpt_io.load_training_checkpoint(good)
+        load_training_checkpoint(good)
     with pytest.raises(CheckpointError, match="neither a byol checkpoint nor a"):
-        ckpt_io.encoder_state_from({"w": torch.zeros(1)})
+        encoder_state_from({"w": torch.zeros(1)})
 
 
 class Boom:
@@ -149,14 +150,14 @@ def test_malicious_pickle_is_refused_and_never_executed(tmp_path):
     if os.path.exists("/tmp/byol-pwned"):
         os.remove("/tmp/byol-pwned")
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):
-        ckpt_io.load_file(path)
+        load_file(path)
     assert not os.path.exists("/tmp/byol-pwned")
 
 
 def test_torchvision_state_dict_is_recognised():
     state = torchvision.models.resnet34().state_dict()
-    enc, meta = ckpt_io.encoder_state_from(state)
+    enc, meta = encoder_state_from(state)
     assert meta == {"network": "resnet34", "small_stem": False}
     assert not any(k.startswith("fc.") for k in enc)
-    _, meta50 = ckpt_io.encoder_state_from(build_encoder("resnet50", small_stem=True).state_dict())
+    _, meta50 = encoder_state_from(build_encoder("resnet50", small_stem=True).state_dict())
     assert meta50 == {"network": "resnet50", "small_stem": True}

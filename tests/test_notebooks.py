@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from byol.config import load_config
-from byol.train import train
+from byol.pretrain.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 
 from byol.errors import StoreError
 from byol.store import FeatureStore, check_compatible, file_sha256, shard_name
-from byol.store_writer import ShardWriter, write_manifest
+from byol.store.writer import ShardWriter, write_manifest
 
 ATTRS = {"encoder": "resnet18", "checkpoint_sha256": "ab" * 32, "step": 1200, "image_size": 96,
          "config": {"model": {"network": "resnet18", "hidden": [512, 128]}, "lr": 0.2},

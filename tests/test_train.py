@@ -9,11 +9,13 @@ import pytest
 import torch
 import torchvision
 
-import byol.train as train_module
-from byol import checkpoint as ckpt_io
+import byol.pretrain.loop as train_module
+from byol.pretrain.checkpoint import load_training_checkpoint
 from byol.config import load_config
 from byol.errors import TrainingError
-from byol.train import Interrupted, resume_config, train
+from byol.errors import Interrupted
+from byol.pretrain.checkpoint import resume_config
+from byol.pretrain.loop import train
 
 TINY = ["data.name=digits", "data.split=train", "data.max_images=96",
         "data_transforms.input_shape=(32,32,3)", "network.small_stem=false",
@@ -27,7 +29,7 @@ def tiny_config(tmp_path, *extra):
 
 
 def online_weights(run_dir):
-    return ckpt_io.load_training_checkpoint(run_dir / "checkpoints" / "last.pt")["online"]
+    return load_training_checkpoint(run_dir / "checkpoints" / "last.pt")["online"]
 
 
 def test_training_writes_run_dir_checkpoint_and_encoder(tmp_path):
@@ -173,7 +175,7 @@ def test_bf16_loss_curve_tracks_fp32(tmp_path):
 
 
 def test_trains_on_stl10_binary_files_with_loader_workers(tmp_path):
-    from byol.stl10 import write_stl10_binary
+    from byol.data.stl10 import write_stl10_binary
     write_stl10_binary(tmp_path / "data", n_train=16, n_test=8, n_unlabeled=24)
     summary = train(tiny_config(tmp_path, "data.name=stl10", f"data.root={tmp_path / 'data'}",
                                 "data.split=train+unlabeled", "data.download=false",

@@ -13,7 +13,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from byol.store import FeatureStore, _read_rows, _reading
+from byol.store import FeatureStore
+from byol.store.reader import read_field_rows, open_shard
 
 BLOCK_BYTES = 32 * 2**20        # a read block of float32 embeddings stays around this size
 DEFAULT_BLOCK_ROWS = 8192
@@ -45,8 +46,8 @@ def block_plan(store: FeatureStore, block_rows: int) -> list[tuple[int, int, int
 def _read(store: FeatureStore, number: int, start: int, stop: int, fields) -> dict[str, np.ndarray]:
     """Rows [start, stop) of one shard; a damaged shard raises StoreError naming it."""
     path = store.split_dir / store.shards[number]["name"]
-    with _reading(path, "checksum failure") as f:
-        return {name: _read_rows(f, name, start, stop, False) for name in fields}
+    with open_shard(path, "checksum failure") as f:
+        return {name: read_field_rows(f, name, start, stop, False) for name in fields}
 
 
 def iter_rows(store: FeatureStore, mask: np.ndarray | None = None, block_rows: int = DEFAULT_BLOCK_ROWS,

@@ -25,7 +25,7 @@ import numpy as np
 from byol.atomic import atomic_path
 from byol.errors import CheckpointError
 from byol.evaluate.heads import Head, build_head
-from byol.store import _to_json
+from byol.store.format import to_json
 
 FORMAT = "byol-head"
 VERSION = 2
@@ -49,7 +49,7 @@ def save_head(path: str | Path, record: dict) -> Path:
 
     with atomic_path(path) as tmp:
         save_file(record["tensors"], str(tmp),
-                  metadata={"format": FORMAT, "version": str(VERSION), "head": _to_json(record["meta"])})
+                  metadata={"format": FORMAT, "version": str(VERSION), "head": to_json(record["meta"])})
     return Path(path)
 
 

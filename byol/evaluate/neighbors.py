@@ -27,7 +27,7 @@ def weighted_vote(sim, neighbor_labels, n_classes: int, temperature: float):
     """Wu et al. 2018 vote: votes[i, c] = sum_j [label_ij == c] exp(sim_ij / T).
 
     sim, neighbor_labels [n, k] (numpy arrays or torch tensors, alike) -> votes [n, n_classes].
-    Labels < 0 (no neighbour) add nothing. byol.knn (the training-time monitor) uses this too.
+    Labels < 0 (no neighbour) add nothing. byol.pretrain.monitor (the training-time kNN monitor) uses this too.
     """
     if isinstance(sim, np.ndarray):
         weight = np.exp(sim.astype(np.float64) / temperature)

@@ -14,26 +14,8 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
-FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
-
-
-def build_encoder(name: str, small_stem: bool = False) -> nn.Module:
-    """torchvision ResNet without its classifier: images [N,3,H,W] -> features [N, FEATURE_DIMS[name]].
-
-    `small_stem` swaps the 7x7/stride-2 conv + max-pool for a 3x3/stride-1 conv (as in SimCLR's
-    CIFAR setup), which keeps spatial resolution for 32-64 px inputs. Such an encoder has a
-    differently shaped `conv1.weight`; rebuild it with this function to load it.
-    """
-    if name not in FEATURE_DIMS:
-        raise ValueError(f"unknown network.name {name!r}; choose one of {', '.join(FEATURE_DIMS)}")
-    net = getattr(torchvision.models, name)(weights=None)
-    if small_stem:
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-    net.fc = nn.Identity()
-    return net
+from byol.encoders.build import FEATURE_DIMS, build_encoder
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""Writing the feature store (layout: byol/store.py): one shard at a time, then the manifest.
+"""Writing the feature store (layout: byol/store/reader.py): one shard at a time, then the manifest.
 
 Every write is atomic: a shard is built in a temp file in the split directory and renamed into
 place on close() after an fsync, and manifest.json (written last, also atomically) marks the split
@@ -17,7 +17,8 @@ import numpy as np
 
 from byol.atomic import atomic_write_text, write_error
 from byol.errors import StoreError
-from byol.store import DTYPES, FORMAT, MANIFEST, VERSION, _to_json, file_sha256, shard_name
+from byol.atomic import file_sha256
+from byol.store.format import DTYPES, FORMAT, MANIFEST, VERSION, shard_name, to_json
 
 MAX_CHUNK_BYTES = 4 * 2**20     # largest HDF5 chunk: a read of a few rows stays cheap; extraction appends whole chunks
 
@@ -40,7 +41,7 @@ def _fsync_dir(path: Path) -> None:
 def _attr_value(value):
     """HDF5 attributes hold scalars and strings only: dicts, lists and None go in as JSON strings."""
     if value is None or isinstance(value, (dict, list, tuple)):
-        return _to_json(value, sort_keys=True)
+        return to_json(value, sort_keys=True)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
@@ -75,7 +76,7 @@ class ShardWriter:
             self._create_datasets(chunk_rows)
             for key, value in (attrs or {}).items():
                 self._file.attrs[key] = _attr_value(value)
-            self._file.attrs["settings_json"] = _to_json(settings or {}, sort_keys=True)
+            self._file.attrs["settings_json"] = to_json(settings or {}, sort_keys=True)
         except OSError as e:    # disk full, no permission: the earlier shards stay as they are
             self.abort()
             raise write_error(self.path, e) from e
@@ -182,6 +183,6 @@ def write_manifest(split_dir: str | Path, shards: list[dict], dim: int, dtype: s
                 "n_rows": sum(e["rows"] for e in entries), "shards": entries, "settings": settings,
                 "attrs": attrs, "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     path = split_dir / MANIFEST
-    atomic_write_text(path, _to_json(manifest, indent=2))
+    atomic_write_text(path, to_json(manifest, indent=2))
     _fsync_dir(split_dir)
     return path

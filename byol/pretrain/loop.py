@@ -21,16 +21,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from byol import checkpoint as ckpt_io
 from byol import distributed as dist_utils
-from byol.atomic import atomic_write_text
-from byol.augment import BYOLViews
-from byol.config import Config, ConfigError, save_config, to_dict
+from byol.config import Config, ConfigError, save_config, small_stem_for
 from byol.data import build_dataset
+from byol.data.augment import BYOLViews
+from byol.encoders.files import encoder_state_from, load_file
 from byol.errors import Interrupted, TrainingError
-from byol.knn import knn_top1
-from byol.model import OnlineNetwork, TargetNetwork, byol_loss, collapse_indicator
-from byol.optim import build_optimizer, ema_rate_at, learning_rate_at, set_learning_rate
+from byol.pretrain.checkpoint import atomic_save, export_encoder, find_pretrained, load_training_checkpoint, make_checkpoint
+from byol.pretrain.metrics import MetricsLog
+from byol.pretrain.monitor import knn_top1
+from byol.pretrain.model import OnlineNetwork, TargetNetwork, byol_loss, collapse_indicator
+from byol.pretrain.optim import build_optimizer, ema_rate_at, learning_rate_at, set_learning_rate
 
 log = logging.getLogger("byol")
 
@@ -47,116 +48,19 @@ def resolve_precision(preference: str, device: torch.device) -> str:
     return "bf16" if native_bf16 else "fp32"
 
 
-def small_stem_for(cfg: Config) -> bool:
-    s = cfg.network.small_stem
-    return cfg.data_transforms.input_shape[0] <= 64 if s is None else s
-
-
-def find_pretrained(name: str) -> Path:
-    """network.fine_tune_from: a checkpoint file, a run directory, or a run name under runs/."""
-    for base in (Path(name), Path("runs") / name):
-        for candidate in (base, base / "encoder.pt", base / "checkpoints" / "last.pt"):
-            if candidate.is_file():
-                return candidate
-    raise ConfigError(f"config key 'network.fine_tune_from': no checkpoint at '{name}' (looked for the "
-                      f"file, NAME/encoder.pt, NAME/checkpoints/last.pt, also under runs/); "
-                      f"set network.fine_tune_from=null to train from scratch")
-
-
 def build_networks(cfg: Config) -> tuple[OnlineNetwork, TargetNetwork | None]:
     net = cfg.network
     online = OnlineNetwork(net.name, small_stem_for(cfg), net.projection_head.mlp_hidden_size,
                            net.projection_head.projection_size, net.predictor_head.mlp_hidden_size)
     if net.fine_tune_from:
         path = find_pretrained(net.fine_tune_from)
-        state, _ = ckpt_io.encoder_state_from(ckpt_io.load_file(path), path)
+        state, _ = encoder_state_from(load_file(path), path)
         missing, unexpected = online.encoder.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ConfigError(f"config key 'network.fine_tune_from': '{net.fine_tune_from}' does not fit "
                               f"{net.name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     target = TargetNetwork(online) if cfg.trainer.use_momentum else None
     return online, target
-
-
-def make_checkpoint(cfg, online, target, optimizer, scaler, step, steps_per_epoch) -> dict:
-    return {
-        "format": "byol-checkpoint", "version": 1,
-        "step": step, "epoch": step // steps_per_epoch, "step_in_epoch": step % steps_per_epoch,
-        "small_stem": small_stem_for(cfg),
-        "online": online.state_dict(),
-        "target": target.state_dict() if target is not None else None,
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "config": to_dict(cfg), "versions": ckpt_io.library_versions(),
-    }
-
-
-def export_encoder(cfg: Config, online: OnlineNetwork, step: int, path: Path) -> Path:
-    """encoder.pt: the backbone alone, in torchvision key names (loads into resnetXX(), fc aside)."""
-    from byol.model import FEATURE_DIMS
-    return ckpt_io.atomic_save({
-        "format": "byol-encoder", "state_dict": online.encoder.state_dict(),
-        "network": cfg.network.name, "small_stem": small_stem_for(cfg),
-        "feature_dim": FEATURE_DIMS[cfg.network.name], "image_size": cfg.data_transforms.input_shape[0],
-        "step": step, "config": to_dict(cfg), "versions": ckpt_io.library_versions()}, path)
-
-
-class MetricsLog:
-    """metrics.jsonl (always) and TensorBoard scalars (when the package is installed); rank 0 only."""
-
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resumed_step: int = 0):
-        self.enabled, self.path, self.tb = enabled, run_dir / "metrics.jsonl", None
-        if enabled and self.path.exists():
-            self._keep_up_to(resumed_step)
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                log.info("tensorboard is not installed; metrics go to metrics.jsonl only")
-
-    def _keep_up_to(self, step: int) -> None:
-        """A run killed after its last checkpoint logged steps that the resumed run does again (and
-        maybe half a line): keep only rows up to the checkpoint's step, so every step appears once."""
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and row.get("step", 0) <= step:
-                kept.append(line + "\n")
-        atomic_write_text(self.path, "".join(kept))
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, row["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
-    """The config saved in RUN_DIR/checkpoints/last.pt, with `overrides` applied on top. A run that
-    stopped before its first checkpoint is restarted from its RUN_DIR/config.yaml."""
-    from byol.config import load_config
-    path = Path(run_dir) / "checkpoints" / "last.pt"
-    if not path.is_file() and (Path(run_dir) / "config.yaml").is_file():
-        return load_config(Path(run_dir) / "config.yaml", [f"trainer.run_dir={run_dir}", *(overrides or [])])
-    if not path.is_file():
-        raise ConfigError(f"--resume {run_dir}: no checkpoint at '{path}'; pass the run directory "
-                          f"of an earlier run (its trainer.run_dir)")
-    saved = ckpt_io.load_training_checkpoint(path)["config"]
-    return load_config(None, [f"trainer.run_dir={run_dir}", *(overrides or [])], base=saved)
 
 
 def ranks_agree(online: torch.nn.Module) -> bool:
@@ -221,7 +125,7 @@ def _train(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> dict:
     if resume is not None and not (ckpt_dir / "last.pt").exists():
         log.info("%s has no checkpoint yet (stopped before the first one): starting it from step 0", run_dir)
     elif resume is not None:
-        state = ckpt_io.load_training_checkpoint(ckpt_dir / "last.pt")
+        state = load_training_checkpoint(ckpt_dir / "last.pt")
         online.load_state_dict(state["online"])
         if target is not None:
             target.load_state_dict(state["target"])
@@ -247,7 +151,7 @@ def _train(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> dict:
     def save(tag: str = "last") -> Path:
         path = ckpt_dir / f"{tag}.pt"
         if ctx.is_main:
-            ckpt_io.atomic_save(make_checkpoint(cfg, online, target, optimizer, scaler, step,
+            atomic_save(make_checkpoint(cfg, online, target, optimizer, scaler, step,
                                                 steps_per_epoch), path)
         dist_utils.barrier()
         return path

@@ -1,18 +1,12 @@
-"""Datasets by name: the embedded scikit-learn digits, plus the factory every entry point uses.
-
-Every dataset returns (uint8 [3, S, S], int label) per item, with label -1 for unlabeled images,
-and has `classes`, `name` and an int64 `labels` array (so label lookups never decode images).
-"""
+"""The embedded demo dataset: scikit-learn's digits, shipped with scikit-learn (no download)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from byol.errors import DataError
-from byol.image_folder import ImageFolder
-from byol.stl10 import STL10
 
 DIGITS_SPLITS = ("train", "test", "train+unlabeled", "unlabeled", "all")
 
@@ -66,26 +60,3 @@ def _digits_to_uint8(images: np.ndarray, size: int) -> torch.Tensor:
     return grey.expand(-1, 3, -1, -1).contiguous()
 
 
-def build_dataset(data_cfg, image_size: int, split: str | None = None) -> Dataset:
-    """The dataset `data_cfg` (config.Data) names, at `split` (default data_cfg.split), with items
-    (uint8 [3, image_size, image_size], int label)."""
-    split = data_cfg.split if split is None else split
-    if data_cfg.name == "stl10":
-        return STL10(data_cfg.root, split, image_size, download=data_cfg.download,
-                     max_images=data_cfg.max_images)
-    if data_cfg.name == "folder":
-        return ImageFolder(data_cfg.root, split, image_size, on_bad_image=data_cfg.on_bad_image,
-                           max_images=data_cfg.max_images)
-    if data_cfg.name == "digits":
-        return Digits(split, image_size, max_images=data_cfg.max_images)
-    raise DataError(f"unknown dataset data.name={data_cfg.name!r}; valid: stl10, folder, digits")
-
-
-def dataset_labels(ds) -> np.ndarray:
-    """Labels of every item as int64 [N], from the `labels` array when there is one (no decoding)."""
-    if isinstance(ds, Subset):
-        return dataset_labels(ds.dataset)[np.asarray(ds.indices, np.int64)]
-    labels = getattr(ds, "labels", None)
-    if labels is not None:
-        return np.asarray(labels, np.int64)
-    return np.array([int(ds[i][1]) for i in range(len(ds))], np.int64)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from byol.augment import eval_transform
+from byol.data.augment import eval_transform
 from byol.evaluate.neighbors import weighted_vote
 
 

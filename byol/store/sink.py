@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.store_writer import MAX_CHUNK_BYTES, ShardWriter
+from byol.store.writer import MAX_CHUNK_BYTES, ShardWriter
 
 
 class ShardSink:

@@ -1,52 +1,24 @@
-"""Checkpoint files: atomic writes, safe reads, and the encoder in torchvision's key names.
+"""Reading any encoder checkpoint safely: `torch.load(..., weights_only=True)` with clear errors,
+and the backbone in torchvision's key names from every layout this project reads:
 
-A training checkpoint (`last.pt`, `step-N.pt`) is a plain dict of tensors and primitives:
+    byol-encoder     encoder.pt written by training (byol.pretrain.checkpoint)
+    byol-checkpoint  a training checkpoint (checkpoints/last.pt): the online encoder
+    torchvision      a plain ResNet state dict
+    foreign          byol-pytorch, sthalles/PyTorch-BYOL, solo-learn, mmpretrain (byol.encoders.foreign)
 
-    format: "byol-checkpoint", version: 1, step, epoch, step_in_epoch,
-    online: OnlineNetwork state dict (encoder.* / projector.* / predictor.*),
-    target: TargetNetwork state dict or None (use_momentum=false),
-    optimizer: optimizer state dict, scaler: GradScaler state dict or None,
-    rng: {"torch": ByteTensor, "cuda": [ByteTensor, ...]},
-    config: resolved config dict, versions: {"torch": ..., "torchvision": ..., "byol": ...}
-
-`encoder.pt` holds {"format": "byol-encoder", "state_dict": torchvision-named backbone weights,
-"network": name, "small_stem": bool, "feature_dim": int, "step": int, "config": dict, ...}.
-Everything is read with `torch.load(..., weights_only=True)`: no pickle code ever runs.
+No pickle code ever runs unless the user passes trust=True (`--trust-checkpoint`).
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
-import torchvision
 
-from byol.atomic import atomic_path
+from byol.encoders.build import infer_resnet
+from byol.encoders.foreign import convert_foreign
 from byol.errors import CheckpointError
-
-__version__ = "0.1.0"
-
-
-def library_versions() -> dict:
-    return {"byol": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
-
-
-def atomic_save(obj, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`.
-
-    A crash (or a full disk) at any moment leaves either the old file or the new one, never a
-    half-written file under the final name.
-    """
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        try:
-            torch.save(obj, f)
-        except RuntimeError as e:   # torch reports a failed write as an opaque RuntimeError ...
-            if isinstance(e.__context__, OSError):   # ... raised while handling the real OSError
-                raise e.__context__ from None
-            raise
-    return Path(path)
 
 
 def load_file(path: str | Path, trust: bool = False) -> dict:
@@ -89,22 +61,6 @@ def _not_pytorch(path: Path, e: BaseException) -> CheckpointError:
                            f"use another checkpoint (RUN_DIR/checkpoints/ keeps earlier ones)")
 
 
-def load_training_checkpoint(path: str | Path) -> dict:
-    ckpt = load_file(path)
-    if ckpt.get("format") != "byol-checkpoint":
-        raise CheckpointError(f"'{path}' is not a byol training checkpoint (no format=byol-checkpoint); "
-                              f"--resume needs RUN_DIR/checkpoints/last.pt written by main.py")
-    return ckpt
-
-
-def sha256_of(path: str | Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def strip_prefix(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -123,7 +79,6 @@ def encoder_state_from(obj: dict, path: str | Path = "<dict>") -> tuple[dict, di
     elif "conv1.weight" in obj and "layer1.0.conv1.weight" in obj:
         state, meta = obj, {}
     else:   # byol-pytorch, sthalles/PyTorch-BYOL, solo-learn, mmpretrain: converted by name
-        from byol.checkpoint_import import convert_foreign
         state, meta = convert_foreign(obj, path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if "network" not in meta:
@@ -131,14 +86,3 @@ def encoder_state_from(obj: dict, path: str | Path = "<dict>") -> tuple[dict, di
     return state, meta
 
 
-def infer_resnet(state: dict, path="<dict>") -> dict:
-    """Architecture of a torchvision-named ResNet state dict, from its tensor shapes."""
-    n_blocks = [len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in (1, 2, 3, 4)]
-    bottleneck = "layer1.0.conv3.weight" in state
-    names = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34",
-             (True, (3, 4, 6, 3)): "resnet50"}
-    name = names.get((bottleneck, tuple(n_blocks)))
-    if name is None:
-        raise CheckpointError(f"checkpoint '{path}': unsupported ResNet layout {n_blocks} "
-                              f"(bottleneck={bottleneck}); supported: resnet18, resnet34, resnet50")
-    return {"network": name, "small_stem": tuple(state["conv1.weight"].shape[-2:]) == (3, 3)}

@@ -1,6 +1,6 @@
 """Backbones from other BYOL / self-supervised code bases, converted to torchvision ResNet names.
 
-`checkpoint.encoder_state_from` calls `convert_foreign(obj, path)` for any dict that is neither a
+`byol.encoders.files.encoder_state_from` calls `convert_foreign(obj, path)` for any dict that is neither a
 checkpoint of this project nor a plain torchvision ResNet state dict. Supported layouts (after
 `torch.load(..., weights_only=True)`):
 
@@ -33,6 +33,7 @@ import re
 
 import torch
 
+from byol.encoders.build import build_encoder, infer_resnet
 from byol.errors import CheckpointError
 
 # sthalles/PyTorch-BYOL: children of torchvision's resnet without fc.
@@ -96,9 +97,6 @@ def find_backbone(obj: dict) -> tuple[str, dict] | None:
 def match_to_encoder(state: dict, path="<dict>", layout: str = "") -> tuple[dict, dict]:
     """Check `state` (torchvision names) against a freshly built encoder of the inferred architecture,
     tensor by tensor (name and shape); returns (state ready for load_state_dict(strict=True), meta)."""
-    from byol.checkpoint import infer_resnet
-    from byol.model import build_encoder
-
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if "conv1.weight" not in state:
         raise CheckpointError(f"checkpoint '{path}' ({layout}): no `conv1.weight` among the backbone "

@@ -5,9 +5,10 @@ Every downstream tool (k-NN, linear probe, PCA, export) reads this. A split is a
     split_dir/
         shard-00000.h5, shard-00001.h5, ...   one HDF5 file each, renamed into place when complete
         manifest.json                          written last: its presence means the split is complete
-        .lock                                  held (flock) by the process writing the split (byol/write_lock.py)
+        .lock                                  held (flock) by the process writing the split (byol/store/lock.py)
 
-Writing: `byol.store_writer` (ShardWriter, write_manifest). Reading: `FeatureStore` below.
+Names and constants: `byol.store.format`. Writing: `byol.store.writer` (ShardWriter, write_manifest),
+`byol.store.sink` (in a background thread). Reading: `FeatureStore` below.
 
 Each shard holds row-aligned datasets (N = rows in that shard, D = dim):
 
@@ -31,7 +32,6 @@ size: writers append blocks, readers yield row blocks (`FeatureStore.iter_blocks
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -42,48 +42,12 @@ import numpy as np
 
 from byol.atomic import atomic_path
 from byol.errors import StoreError
-
-FORMAT = "byol-feature-store"
-VERSION = 1
-MANIFEST = "manifest.json"
-FIELDS = ("embeddings", "labels", "indices", "paths")
-# Provenance keys that decide whether two stores' features live in the same space.
-ENCODER_KEYS = ("encoder", "checkpoint_sha256", "image_size", "normalisation", "layer")
-DTYPES = ("float32", "float16")
-_HASH_BLOCK = 2**20
-
-
-def shard_name(index: int) -> str:
-    """File name of shard `index`: zero-padded so names sort in row order."""
-    return f"shard-{index:05d}.h5"
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file read in 1 MB blocks, so any shard hashes in constant memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _json_default(value):
-    """Provenance dicts often carry numpy scalars and paths; store them as plain JSON values."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _to_json(value, **kwargs) -> str:
-    return json.dumps(value, default=_json_default, **kwargs)
+from byol.store.format import ENCODER_KEYS, FIELDS, FORMAT, MANIFEST, VERSION, to_json
+from byol.atomic import file_sha256
 
 
 @contextlib.contextmanager
-def _reading(path: Path, failure: str):
+def open_shard(path: Path, failure: str):
     """Open a shard read-only; an OSError from h5py (incl. a fletcher32 mismatch) becomes a StoreError."""
     try:
         with h5py.File(path, "r") as f:
@@ -154,7 +118,7 @@ class FeatureStore:
         """Every shard's shapes, dtype and settings agree with the manifest (metadata only, cheap)."""
         with_paths = []
         for shard in self.shards:
-            with _reading(self._path(shard), "not a readable HDF5 shard") as f:
+            with open_shard(self._path(shard), "not a readable HDF5 shard") as f:
                 self._check_header(f, self._path(shard), shard["rows"])
                 with_paths.append("paths" in f)
         if any(with_paths) and not all(with_paths):
@@ -214,9 +178,9 @@ class FeatureStore:
         if "paths" in fields and not self.has_paths:
             raise StoreError(f"{self.split_dir}: this store has no paths: extract with paths to get them")
         for shard in self.shards:
-            with _reading(self._path(shard), "checksum failure") as f:
+            with open_shard(self._path(shard), "checksum failure") as f:
                 for start in range(0, shard["rows"], block_rows):
-                    yield {name: _read_rows(f, name, start, start + block_rows, raw) for name in fields}
+                    yield {name: read_field_rows(f, name, start, start + block_rows, raw) for name in fields}
 
     def _column(self, name: str) -> np.ndarray:
         blocks = [block[name] for block in self.iter_blocks(65536, fields=(name,))]
@@ -270,12 +234,12 @@ class FeatureStore:
         with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
             for name, layout in layouts.items():
                 f.create_virtual_dataset(name, layout)
-            f.attrs["settings_json"] = _to_json(self.settings, sort_keys=True)
-            f.attrs["attrs_json"] = _to_json(self.attrs, sort_keys=True)
+            f.attrs["settings_json"] = to_json(self.settings, sort_keys=True)
+            f.attrs["attrs_json"] = to_json(self.attrs, sort_keys=True)
         return out
 
 
-def _read_rows(f: h5py.File, name: str, start: int, stop: int, raw: bool) -> np.ndarray:
+def read_field_rows(f: h5py.File, name: str, start: int, stop: int, raw: bool) -> np.ndarray:
     """Rows [start, stop) of one dataset: embeddings upcast to float32 unless raw, paths decoded to str."""
     if name == "paths":
         return f["paths"].asstr()[start:stop]

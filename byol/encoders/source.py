@@ -1,31 +1,26 @@
-"""What `byol.extract` reads: the encoder (a checkpoint, or raw pixels) and batches of a dataset.
+"""An encoder ready to embed images: any checkpoint (or raw pixels) -> float32 rows.
 
 An `EncoderSource` turns a uint8 batch [n, 3, S, S] into float32 rows [n, dim], deterministically:
 eval mode, no augmentation, the checkpoint's image size and ImageNet normalisation (via
 `augment.eval_transform`), fp32 unless bf16 is asked for. The `pixels` source stores the image
 itself, flattened CHW and scaled to [0, 1] (pixel / 255): 3 * 96 * 96 = 27,648 values per
 STL-10 image, so PCA baselines read the same kind of store as the encoders' embeddings.
-
-Batches are produced ahead of the compute, either by a background thread (datasets with
-`get_batch`: STL-10 read with pread, digits in memory) or by DataLoader worker processes (image
-folders, whose decoding is CPU-bound), in plan order.
+Used by extraction, latent vectors and export alike.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from byol import checkpoint as ckpt_io
-from byol.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from byol.atomic import file_sha256
 from byol.config import Config, ConfigError, load_config
+from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from byol.encoders.build import FEATURE_DIMS, build_encoder
+from byol.encoders.files import encoder_state_from, load_file
 from byol.errors import CheckpointError
-from byol.model import FEATURE_DIMS, build_encoder
 
 PIXELS = "pixels"
 PRECISIONS = ("fp32", "bf16")
@@ -92,7 +87,7 @@ def load_source(source: str | Path, overrides=(), config_file: str | Path | None
         return EncoderSource(PIXELS, size, 3 * size * size, PIXELS, mean=(0.0, 0.0, 0.0),
                              std=(1.0, 1.0, 1.0)), cfg
     path = Path(source)
-    state, meta = ckpt_io.encoder_state_from(ckpt_io.load_file(path, trust=trust), path)
+    state, meta = encoder_state_from(load_file(path, trust=trust), path)
     cfg = load_config(config_file, overrides, base=meta.get("config"))
     module = build_encoder(meta["network"], bool(meta.get("small_stem", False)))
     try:
@@ -102,89 +97,6 @@ def load_source(source: str | Path, overrides=(), config_file: str | Path | None
                               f"({str(e).splitlines()[0][:200]})") from None
     return EncoderSource(meta["network"], cfg.data_transforms.input_shape[0], FEATURE_DIMS[meta["network"]],
                          "avgpool", module=module, checkpoint=str(path.resolve()),
-                         checkpoint_sha256=ckpt_io.sha256_of(path), step=meta.get("step")), cfg
+                         checkpoint_sha256=file_sha256(path), step=meta.get("step")), cfg
 
 
-# ------------------------------------------------------------------------------------ reading
-def read_rows(dataset, start: int, stop: int) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
-    """Rows [start, stop) of a dataset -> (uint8 [n, 3, S, S], int64 labels [n], relative paths or None).
-
-    Image folders decode with `load`, which raises a DataError naming an undecodable file rather
-    than silently substituting the next image (as training does)."""
-    idx = np.arange(start, stop, dtype=np.int64)
-    if hasattr(dataset, "get_batch"):
-        images, labels = dataset.get_batch(idx)
-        return images, np.asarray(labels, np.int64), None
-    if hasattr(dataset, "load") and hasattr(dataset, "relative_path"):
-        images = torch.stack([dataset.load(int(i)) for i in idx])
-        return images, np.asarray(dataset.labels, np.int64)[idx], [dataset.relative_path(int(i)) for i in idx]
-    items = [dataset[int(i)] for i in idx]
-    return torch.stack([im for im, _ in items]), np.array([y for _, y in items], np.int64), None
-
-
-class _Batches(Dataset):
-    """Item j = batch j of the plan: (shard, start, stop, rows)."""
-
-    def __init__(self, dataset, batches: list[tuple[int, int, int]]):
-        self.dataset, self.batches = dataset, batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, j: int):
-        shard, start, stop = self.batches[j]
-        return shard, start, stop, read_rows(self.dataset, start, stop)
-
-
-def default_workers(dataset) -> int:
-    """0 (one background thread) for datasets read with get_batch; processes for image decoding."""
-    import os
-    return 0 if hasattr(dataset, "get_batch") else min(4, os.cpu_count() or 1)
-
-
-def iter_batches(dataset, batches: list[tuple[int, int, int]], num_workers: int, depth: int = 3):
-    """Yield (shard, start, stop, (images, labels, paths)) in plan order, read ahead of the consumer."""
-    plan = _Batches(dataset, batches)
-    if num_workers > 0:
-        yield from DataLoader(plan, batch_size=None, shuffle=False, num_workers=num_workers,
-                              prefetch_factor=depth, persistent_workers=False)
-    else:
-        yield from in_background((plan[j] for j in range(len(plan))), depth)
-
-
-def in_background(iterable, depth: int):
-    """Run `iterable` in a thread, at most `depth` items ahead; its exceptions re-raise here."""
-    items: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def run():
-        try:
-            for item in iterable:
-                if not put(("item", item)):
-                    return
-            put(("done", None))
-        except BaseException as e:   # handed to the consumer, which re-raises it
-            put(("error", e))
-
-    thread = threading.Thread(target=run, name="extract-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, item = items.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=10)

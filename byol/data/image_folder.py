@@ -47,7 +47,7 @@ def _split_folders(root: Path, split: str) -> tuple[Path, list[Path]]:
                     f"or use data.split=train to read '{root}' itself")
 
 
-def _find_images(folders: list[Path], base: Path) -> list[tuple[Path, str | None]]:
+def find_images(folders: list[Path], base: Path) -> list[tuple[Path, str | None]]:
     """Image files (by extension, case-insensitive; hidden ones ignored) as (path, class name or
     None when directly in a scanned folder), sorted by path relative to `base`."""
     found = []
@@ -119,7 +119,7 @@ class ImageFolder(Dataset):
         self.root, self.split, self.image_size = Path(root), split, image_size
         self.on_bad_image = on_bad_image
         self.folder, folders = _split_folders(self.root, split)
-        found = _find_images(folders, self.folder)
+        found = find_images(folders, self.folder)
         if not found:
             raise DataError(f"image folder '{self.folder}' holds no images ({' '.join(EXTENSIONS)}); "
                             f"set data.root=... to a folder of images")

@@ -1,0 +1,45 @@
+"""Stage 1 input: datasets by name. Every dataset yields (uint8 [3, S, S], int label) per item,
+label -1 for unlabeled images, and has `classes`, `name` and an int64 `labels` array.
+
+    stl10.py         STL-10's official binary files, read record by record; download + MD5
+    image_folder.py  a user's folder of images, decoded (any mode) to RGB uint8
+    digits.py        scikit-learn's embedded 8x8 digits (the no-download demo)
+    augment.py       the paper's two views, batched on the training device, per-sample parameters
+    batches.py       reading rows [start, stop) ahead of the consumer (extraction, latent vectors)
+"""
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+from byol.data.digits import Digits
+from byol.data.image_folder import ImageFolder
+from byol.data.stl10 import STL10
+from byol.errors import DataError
+
+__all__ = ["Digits", "ImageFolder", "STL10", "build_dataset", "dataset_labels"]
+
+
+def build_dataset(data_cfg, image_size: int, split: str | None = None) -> Dataset:
+    """The dataset `data_cfg` (config.Data) names, at `split` (default data_cfg.split), with items
+    (uint8 [3, image_size, image_size], int label)."""
+    split = data_cfg.split if split is None else split
+    if data_cfg.name == "stl10":
+        return STL10(data_cfg.root, split, image_size, download=data_cfg.download,
+                     max_images=data_cfg.max_images)
+    if data_cfg.name == "folder":
+        return ImageFolder(data_cfg.root, split, image_size, on_bad_image=data_cfg.on_bad_image,
+                           max_images=data_cfg.max_images)
+    if data_cfg.name == "digits":
+        return Digits(split, image_size, max_images=data_cfg.max_images)
+    raise DataError(f"unknown dataset data.name={data_cfg.name!r}; valid: stl10, folder, digits")
+
+
+def dataset_labels(ds) -> np.ndarray:
+    """Labels of every item as int64 [N], from the `labels` array when there is one (no decoding)."""
+    if isinstance(ds, Subset):
+        return dataset_labels(ds.dataset)[np.asarray(ds.indices, np.int64)]
+    labels = getattr(ds, "labels", None)
+    if labels is not None:
+        return np.asarray(labels, np.int64)
+    return np.array([int(ds[i][1]) for i in range(len(ds))], np.int64)
