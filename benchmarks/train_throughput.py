@@ -29,13 +29,18 @@ from byol.data.stl10 import write_stl10_binary  # noqa: E402
 from byol.pretrain.loop import resolve_precision, train  # noqa: E402
 
 
-def augmentation_ms(batch: int, size: int, repeats: int = 10) -> float:
-    aug = BYOLViews(size)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+def augmentation_ms(batch: int, size: int, device: torch.device, repeats: int = 10) -> float:
+    """Median ms for two views of one uint8 batch on the training device (as the loop runs them)."""
+    aug = BYOLViews(size).to(device)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     times = []
     for i in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         t = time.perf_counter()
         aug(images, torch.Generator().manual_seed(i))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times[2:])
 
@@ -53,6 +58,8 @@ def main():
     ap.add_argument("--proj", type=int, default=256, help="projection size")
     ap.add_argument("--num-workers", type=int, default=2)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--log-every", type=int, default=1,
+                    help="steps between metric rows (the loop syncs with the device only then)")
     a = ap.parse_args()
 
     n_steps = a.warmup + a.steps
@@ -67,7 +74,7 @@ def main():
             f"trainer.batch_size={a.batch_size}", f"trainer.max_steps={n_steps}",
             f"trainer.num_workers={a.num_workers}", f"trainer.precision={a.precision}",
             f"trainer.channels_last={a.channels_last}", f"trainer.device={a.device}",
-            "trainer.log_every=1", "trainer.progress=false", "trainer.tensorboard=false",
+            f"trainer.log_every={a.log_every}", "trainer.progress=false", "trainer.tensorboard=false",
             f"trainer.checkpoint_interval={10 * n_steps}", f"trainer.run_dir={tmp}/run",
         ])
         device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -80,9 +87,11 @@ def main():
         print("config:", json.dumps(config), flush=True)
         train(cfg)
         rows = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
-    rates = [r["img_per_s"] for r in rows if "img_per_s" in r][a.warmup:]
+    # each row's rate covers the log_every steps before it: drop the rows that include warm-up steps
+    warmup_rows = -(-a.warmup // a.log_every)
+    rates = [r["img_per_s"] for r in rows if "img_per_s" in r][warmup_rows:]
     median = statistics.median(rates)
-    aug_ms = augmentation_ms(a.batch_size, a.image_size)
+    aug_ms = augmentation_ms(a.batch_size, a.image_size, device)
     step_ms = 1000 * a.batch_size / median
     result = dict(config, img_per_s=round(median, 2), img_per_s_min=round(min(rates), 2),
                   img_per_s_max=round(max(rates), 2), step_ms=round(step_ms, 1),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,9 +40,11 @@ class PredictorHead:
 
 @dataclass
 class Network:
-    name: str = "resnet18"                      # resnet18 | resnet34 | resnet50
+    name: str = "resnet18"                      # any torchvision classification builder (resnet50, convnext_tiny,
+                                                # efficientnet_b0, vit_b_16, ...), a torchvision model class, timm:NAME
+    kwargs: dict = field(default_factory=dict)  # the builder's keyword arguments, e.g. {image_size: 32} for vit_b_16
     fine_tune_from: str | None = None           # checkpoint (ours or foreign) to start from
-    small_stem: bool | None = None              # 3x3 conv, no max-pool; None: auto (input <= 64 px)
+    small_stem: bool | None = None              # ResNets: 3x3 conv, no max-pool; None: auto (input <= 64 px)
     projection_head: ProjectionHead = field(default_factory=ProjectionHead)
     predictor_head: PredictorHead = field(default_factory=PredictorHead)
 
@@ -82,7 +85,7 @@ class Trainer:
     channels_last: bool = True       # NHWC convolutions: faster with bf16 on CPU and on GPUs
     log_every: int = 10              # steps between metrics.jsonl rows
     knn_every: int = 0               # epochs between online kNN evaluations; 0 = off
-    knn_k: int = 20
+    knn_k: int = 200                 # kNN monitor neighbours (Wu et al. 2018: k=200, T=0.07), as eval/'s knn
     tensorboard: bool = True         # also write TensorBoard scalars when tensorboard is installed
     progress: bool = True            # tqdm progress bar
 
@@ -115,7 +118,6 @@ class Config:
 
 
 CHOICES = {
-    "network.name": ("resnet18", "resnet34", "resnet50"),
     "data.name": ("stl10", "folder", "digits"),
     "data.on_bad_image": ("skip", "error"),
     "trainer.m_schedule": ("cosine", "constant"),
@@ -149,6 +151,11 @@ def _coerce(key: str, value, annotation):
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"config key '{key}': expected {len(args)} values like (96,96,3), got {value!r}")
         return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if hint is dict or typing.get_origin(hint) is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items()):
+            return dict(value)
+        raise ConfigError(f"config key '{key}': expected a mapping of names to plain values like "
+                          f"{{image_size: 32}}, got {value!r}")
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -180,6 +187,13 @@ def _coerce(key: str, value, annotation):
             return str(value)
         raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # a bug in this file
+
+
+def _plain(value) -> bool:
+    """A YAML scalar or list of them: what a config (saved in checkpoints, read weights_only) may hold."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _hints(cls) -> dict:
@@ -268,7 +282,23 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'data_transforms.min_scale': must be in (0, 1], got {cfg.data_transforms.min_scale}")
     if cfg.optimizer.params.lr <= 0:
         raise ConfigError(f"config key 'optimizer.params.lr': must be > 0, got {cfg.optimizer.params.lr}")
+    check_network_name(cfg.network.name)
     return cfg
+
+
+def check_network_name(name: str) -> None:
+    """An unknown network is an error when the config loads, not minutes later. The default ResNets
+    are known without importing torchvision; timm names are checked when timm builds them."""
+    if is_resnet_name(name) or name.startswith("timm:"):
+        return
+    import torchvision.models as models     # only for other names: a config load stays cheap
+    known = name in models.list_models(module=models)
+    is_class = isinstance(getattr(models, name, None), type)
+    if not (known or is_class):
+        raise ConfigError(f"config key 'network.name': unknown network {name!r}; use a torchvision classification "
+                          f"builder (resnet18, convnext_tiny, efficientnet_b0, mobilenet_v3_small, vit_b_16, swin_t, "
+                          f"...: torchvision.models.list_models()), a torchvision model class with network.kwargs "
+                          f"(e.g. VisionTransformer), or timm:NAME")
 
 
 def from_dict(values: dict) -> Config:
@@ -291,10 +321,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """defaults <- `base` (e.g. a checkpoint's saved config) <- YAML `path` <- `overrides`."""
     values = dict(base or {})
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' not found; pass --config FILE or create it "
-                              f"(see config.yaml in the repository for every key)")
+        path = find_config_file(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -309,11 +336,41 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{e} [config file: {path}]" if path is not None else str(e)) from None
 
 
+# The repository's config.yaml and configs/*.yaml, shipped inside the package (byol/configs/ links
+# to them), so `byol train --config configs/demo.yaml` works from any folder once byol is installed.
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def find_config_file(path: str | Path) -> Path:
+    """`path` if it is a file; else the packaged config of that name (config.yaml, demo.yaml, `demo`)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    packaged = PACKAGED_CONFIGS / name
+    if not path.is_absolute() and packaged.is_file():
+        return packaged
+    shipped = ", ".join(sorted(p.name for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file '{path}' not found; pass --config FILE, or one of the configs shipped with "
+                      f"byol ({shipped}), or create it (config.yaml in the repository documents every key)")
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (temp file + rename)."""
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+# torchvision's ResNet family (ResNet, ResNeXt, Wide ResNet): the only networks the small stem applies to.
+RESNET_NAMES = re.compile(r"^(resnet\d+|resnext\d+_\w+|wide_resnet\d+_\d+)$")
+
+
+def is_resnet_name(name: str) -> bool:
+    return bool(RESNET_NAMES.match(name))
+
+
 def small_stem_for(cfg: Config) -> bool:
+    """network.small_stem, with None = on for ResNets at <= 64 px (SimCLR's CIFAR stem), else off."""
     s = cfg.network.small_stem
-    return cfg.data_transforms.input_shape[0] <= 64 if s is None else s
+    if s is None:
+        return cfg.data_transforms.input_shape[0] <= 64 and is_resnet_name(cfg.network.name)
+    return s

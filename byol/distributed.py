@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
+from byol.config import ConfigError
+
 
 @dataclass
 class Context:
@@ -31,16 +33,35 @@ class Context:
         return self.world_size > 1
 
 
+class DeviceError(ConfigError):
+    """A device this machine cannot give. It carries the value and the reason, not the name of the
+    setting: each caller says which flag or config key held the value (`for_setting`)."""
+
+    def __init__(self, value: str, reason: str):
+        super().__init__(f"device {value!r}: {reason}; use cpu or auto")
+        self.value, self.reason = value, reason
+
+    def for_setting(self, name: str, assign: str) -> ConfigError:
+        """The same error in the words of its setting: name e.g. "--device" or "config key
+        'trainer.device'", assign how a value is given to it, e.g. "--device " or "trainer.device="."""
+        return ConfigError(f"{name} is {self.value!r} but {self.reason}; use {assign}cpu or {assign}auto")
+
+
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:LOCAL_RANK when a GPU is visible, else cpu."""
+    """'auto' -> cuda:LOCAL_RANK when a GPU is visible, else cpu. DeviceError when unusable here."""
     if preference == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(preference, "that is not a device (auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config key 'trainer.device' is {preference!r} but no CUDA GPU is visible; "
-                         f"use trainer.device=cpu or auto")
+        raise DeviceError(preference, "no CUDA GPU is visible")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise DeviceError(preference, f"{device} is not among the {n} visible CUDA GPU(s) (cuda:0 to cuda:{n - 1})")
     return device
 
 
@@ -64,10 +85,19 @@ def teardown() -> None:
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks (a copy; `value` itself when not distributed). One collective."""
     if dist.is_initialized():
         value = value.clone()
         dist.all_reduce(value)
         value /= dist.get_world_size()
+    return value
+
+
+def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum over ranks (e.g. which stop signal every rank reports)."""
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return value
 
 

@@ -25,9 +25,15 @@ class WriteError(RuntimeError):
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived during training; a checkpoint was written. `.step` tells where."""
+    """A stop signal (SIGINT, SIGTERM, SIGUSR1) arrived and the command stopped at a safe point with
+    its work kept (training: a checkpoint, `.step` and `.path` tell which; extraction: finished
+    shards). Entry points print the message and exit `.exit_status` = 128 + the signal number
+    (130 SIGINT, 143 SIGTERM, 138 SIGUSR1); see byol/stopping.py."""
 
-    def __init__(self, step: int, path):
-        super().__init__(f"interrupted at step {step}; checkpoint written to {path}. "
-                         f"Continue with: python main.py --resume {path.parent.parent}")
-        self.step, self.path = step, path
+    def __init__(self, message: str, signum: int, step: int | None = None, path=None):
+        super().__init__(message)
+        self.signum, self.step, self.path = int(signum), step, path
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum

@@ -114,17 +114,16 @@ def export(checkpoint, fmt: str, out, trust_checkpoint: bool = False, tolerance:
     return summary
 
 
-def main(argv=None) -> None:
-    from byol.cli import run_command
-    parser = argparse.ArgumentParser(prog="python -m byol.export", description=__doc__,
+def main(argv=None, prog: str = "python -m byol.export") -> None:
+    from byol.cli import add_checkpoint_arguments, parse_arguments, run_command
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="encoder.pt, checkpoints/*.pt, or an importable ResNet checkpoint")
     parser.add_argument("--format", choices=FORMATS, required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--tolerance", type=float, default=1e-4)
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow checkpoints that need pickle code to load (runs code from the file!)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest absolute difference accepted")
+    add_checkpoint_arguments(parser)
+    args = parse_arguments(parser, argv)
     run_command(lambda: export(args.checkpoint, args.format, args.out, args.trust_checkpoint, args.tolerance))
 
 

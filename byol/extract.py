@@ -26,28 +26,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import math
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
 from byol import distributed as dist_utils
+from byol.cli import (DEFAULT_CONFIG, add_checkpoint_arguments, add_config_arguments, add_device_arguments,
+                      add_loader_arguments, add_overwrite_argument, add_progress_argument, check_overrides,
+                      looks_like_override, parse_arguments, run_command)
 from byol.pretrain.checkpoint import library_versions
-from byol.config import ConfigError, to_dict
+from byol.config import ConfigError
 from byol.data import build_dataset
-from byol.errors import StoreError
+from byol.errors import Interrupted, StoreError
 from byol.encoders.source import PIXELS, PRECISIONS, load_source
 from byol.data.batches import default_workers, iter_batches
 from byol.store.sink import ShardSink
-from byol.store import DTYPES, MANIFEST, file_sha256, shard_name
+from byol.store import DTYPES
+from byol.store.resume import keep_finished_shards, prepare_split_dir, shard_count, shard_rows
 from byol.store.writer import write_manifest
 from byol.store.lock import exclusive_writer
+from byol.stopping import StopSignals, signal_name
 
 log = logging.getLogger("byol")
 
@@ -75,10 +77,8 @@ def extract(source: str | Path, split: str | None, out: str | Path, overrides=()
     owns_group = not dist.is_initialized()
     try:
         ctx = dist_utils.setup(device)
-    except (ValueError, RuntimeError) as e:    # --device cuda without a GPU, or no such device
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(msg.replace("config key 'trainer.device'", "--device").replace("trainer.device=", "--device ")
-                          if "trainer.device" in msg else f"--device {device!r}: {msg}") from None
+    except dist_utils.DeviceError as e:    # --device cuda without a GPU, or no such device
+        raise e.for_setting("--device", "--device ") from None
     try:
         result = _extract(ctx, source, split, Path(out), list(overrides), config_file, int(rows_per_shard),
                           dtype, int(batch_size), num_workers, precision, channels_last, trust_checkpoint,
@@ -102,16 +102,13 @@ def _extract(ctx, source, split, out, overrides, config_file, rows_per_shard, dt
     dataset = build_dataset(cfg.data, encoder.image_size, split)
     encoder.to(ctx.device, precision, channels_last)
     n = len(dataset)
-    n_shards = math.ceil(n / rows_per_shard)
+    n_shards = shard_count(n, rows_per_shard)
     split_dir = out / split
-    settings = {"encoder": encoder.name, "checkpoint_sha256": encoder.checkpoint_sha256, "split": split,
-                "data": _data_settings(cfg.data), "image_size": encoder.image_size,
-                "rows_per_shard": rows_per_shard, "dtype": dtype, "layer": encoder.layer, "precision": precision,
-                "channels_last": bool(channels_last and encoder.module is not None)}
-    attrs = {"encoder": encoder.name, "checkpoint": encoder.checkpoint, "checkpoint_sha256": encoder.checkpoint_sha256,
-             "step": encoder.step, "config": to_dict(cfg), "versions": library_versions(), "split": split,
-             "image_size": encoder.image_size, "normalisation": encoder.normalisation, "layer": encoder.layer,
-             "dataset": cfg.data.name, "classes": list(getattr(dataset, "classes", []) or [])}
+    attrs, settings = encoder.provenance(cfg, dtype, rows_per_shard)
+    settings.update(split=split, data=_data_settings(cfg.data),
+                    channels_last=bool(channels_last and encoder.module is not None))
+    attrs.update(versions=library_versions(), split=split, dataset=cfg.data.name,
+                 classes=list(getattr(dataset, "classes", []) or []))
     with_paths = hasattr(dataset, "relative_path")
 
     # Rank 0 holds the store's write lock until the manifest is written.
@@ -130,15 +127,9 @@ def _extract(ctx, source, split, out, overrides, config_file, rows_per_shard, dt
         known_sha = outcome[1]
 
         mine = [k for k in range(n_shards) if k % ctx.world_size == ctx.rank]
-        entries, todo = {}, []
-        for k in mine:
-            entry = reusable_shard(split_dir, k, _rows(k, n, rows_per_shard), encoder.dim, dtype, known_sha)
-            if entry is not None:
-                entries[k] = entry
-            else:
-                todo.append(k)
+        entries, todo = keep_finished_shards(split_dir, mine, n, rows_per_shard, encoder.dim, dtype, known_sha)
         batches = [(k, a, min(a + batch_size, stop)) for k in todo
-                   for start, stop in [_rows(k, n, rows_per_shard)] for a in range(start, stop, batch_size)]
+                   for start, stop in [shard_rows(k, n, rows_per_shard)] for a in range(start, stop, batch_size)]
         rows_todo = sum(b - a for _, a, b in batches)
         if ctx.is_main:
             log.info("extracting %s (%d of %d rows, %d shards, %d reused) with %s on %s -> %s", split, rows_todo, n,
@@ -149,11 +140,23 @@ def _extract(ctx, source, split, out, overrides, config_file, rows_per_shard, dt
                    disable=not (progress and ctx.is_main))
         t_loop = time.perf_counter()
         try:
-            for k, a, b, (images, labels, paths) in iter_batches(dataset, batches, workers):
-                sink.put(k, encoder.embed(images), labels, np.arange(a, b, dtype=np.int64), paths,
-                         last=b == _rows(k, n, rows_per_shard)[1])
-                bar.update(b - a)
-            entries.update(sink.finish())
+            # SIGINT/SIGTERM/SIGUSR1 (to this process or its whole group, reader workers included):
+            # stop before the next batch; finished shards stay, the one in progress is deleted.
+            with StopSignals() as stop:
+                for k, a, b, (images, labels, paths) in iter_batches(dataset, batches, workers):
+                    if stop.signum:
+                        break
+                    sink.put(k, encoder.embed(images), labels, np.arange(a, b, dtype=np.int64), paths,
+                             last=b == shard_rows(k, n, rows_per_shard)[1])
+                    bar.update(b - a)
+                else:   # every row queued: finish, even if a signal came in meanwhile
+                    entries.update(sink.finish())
+            if stop.signum and len(entries) < len(mine):
+                sink.abort()
+                kept = len(entries) + len(sink.entries)
+                raise Interrupted(f"interrupted ({signal_name(stop.signum)}): {kept} of {len(mine)} shards of "
+                                  f"{split_dir} are finished and kept, the one in progress was removed; run "
+                                  f"the same command again to complete the store", stop.signum)
         except BaseException:
             sink.abort()
             raise
@@ -178,11 +181,6 @@ def _extract(ctx, source, split, out, overrides, config_file, rows_per_shard, dt
                 "world_size": ctx.world_size, "device": str(ctx.device)}
 
 
-def _rows(k: int, n: int, rows_per_shard: int) -> tuple[int, int]:
-    """Rows [start, stop) of the split that shard k holds."""
-    return k * rows_per_shard, min(n, (k + 1) * rows_per_shard)
-
-
 def _data_settings(data) -> dict:
     """The data keys that decide which images (in which order) the store holds."""
     out = {"name": data.name, "max_images": data.max_images}
@@ -193,137 +191,52 @@ def _data_settings(data) -> dict:
     return out
 
 
-def _differences(theirs, ours, prefix: str = "") -> list[str]:
-    if not (isinstance(theirs, dict) and isinstance(ours, dict)):
-        return [] if theirs == ours else [f"{prefix.rstrip('.') or 'settings'}: {theirs!r} there, {ours!r} now"]
-    out = []
-    for key in sorted(set(theirs) | set(ours)):
-        out += _differences(theirs.get(key, "<absent>"), ours.get(key, "<absent>"), f"{prefix}{key}.")
-    return out
+def _source_and_overrides(checkpoint: str | None, overrides: list[str], encoder: str) -> tuple[str, list[str]]:
+    """The CHECKPOINT is the first positional argument and the overrides follow; with --encoder pixels
+    there is no checkpoint, so every positional argument is an override."""
+    if encoder == PIXELS:
+        return PIXELS, [checkpoint, *overrides] if checkpoint is not None else list(overrides)
+    if checkpoint is None:
+        raise ConfigError("give the CHECKPOINT to embed with (e.g. runs/byol/encoder.pt), "
+                          "or --encoder pixels to store raw pixels")
+    if looks_like_override(checkpoint) and not Path(checkpoint).exists():
+        raise ConfigError(f"{checkpoint!r} stands where the CHECKPOINT goes: give the checkpoint first, "
+                          f"then section.key=value overrides")
+    return checkpoint, list(overrides)
 
 
-def _other_settings(split_dir: Path, what: str) -> StoreError:
-    return StoreError(f"'{split_dir}' holds a feature store written with other settings ({what}); "
-                      f"use another --out, delete that directory, or pass --overwrite to replace it")
-
-
-def prepare_split_dir(split_dir: Path, settings: dict, n_shards: int, overwrite: bool) -> dict[str, str]:
-    """Make `split_dir` ready for an extraction with `settings` (rank 0 only, before any shard is written).
-
-    Refuses a store (manifest or shard) written with other settings, unless `overwrite`, which
-    deletes the store's files first. Removes temp files of an interrupted run, shards that cannot
-    be opened or lie beyond n_shards, and the manifest (rewritten at the end). Returns
-    {shard name: sha256} from a manifest with the same settings, to check those shards against.
-    """
-    split_dir = Path(split_dir)
-    if overwrite and split_dir.is_dir():
-        for pattern in ("shard-*.h5", ".shard-*.h5.tmp-*", MANIFEST, f".{MANIFEST}.tmp-*", "virtual.h5"):
-            for path in split_dir.glob(pattern):
-                path.unlink(missing_ok=True)
-    known = {}
-    manifest = split_dir / MANIFEST
-    if manifest.is_file():
-        try:
-            saved = json.loads(manifest.read_text(encoding="utf-8"))
-            theirs, shards = saved["settings"], saved["shards"]
-        except (ValueError, KeyError, TypeError):
-            raise _other_settings(split_dir, f"its {MANIFEST} is unreadable") from None
-        if theirs != settings:
-            raise _other_settings(split_dir, "; ".join(_differences(theirs, settings)))
-        known = {s["name"]: s["sha256"] for s in shards if isinstance(s, dict) and "sha256" in s}
-        manifest.unlink()
-    wanted = {shard_name(k) for k in range(n_shards)}
-    for tmp in split_dir.glob(".shard-*.h5.tmp-*"):
-        tmp.unlink(missing_ok=True)
-    for path in sorted(split_dir.glob("shard-*.h5")):
-        try:
-            with h5py.File(path, "r") as f:
-                theirs = json.loads(f.attrs["settings_json"])
-        except (OSError, KeyError, ValueError):
-            log.warning("%s cannot be read; it will be extracted again", path)
-            path.unlink()
-            continue
-        if theirs != settings:
-            raise _other_settings(split_dir, f"{path.name}: " + "; ".join(_differences(theirs, settings)))
-        if path.name not in wanted:
-            path.unlink()
-    return known
-
-
-def reusable_shard(split_dir: Path, k: int, rows: tuple[int, int], dim: int, dtype: str,
-                   known_sha: dict[str, str]) -> dict | None:
-    """The manifest entry of a finished shard k that can be kept, else None (a bad one is deleted).
-
-    Its settings were checked by prepare_split_dir; it must hold exactly its rows, and if the
-    previous manifest lists it, still have the SHA-256 recorded there."""
-    path = split_dir / shard_name(k)
-    if not path.is_file():
-        return None
-    start, stop = rows
-    try:
-        with h5py.File(path, "r") as f:
-            emb, idx = f["embeddings"], f["indices"]
-            ok = (emb.shape == (stop - start, dim) and emb.dtype == np.dtype(dtype)
-                  and f["labels"].shape == idx.shape == (stop - start,)
-                  and (start == stop or (idx[0] == start and idx[-1] == stop - 1)))
-    except (OSError, KeyError):
-        ok = False
-    digest = file_sha256(path) if ok else None
-    if ok and known_sha.get(path.name, digest) != digest:
-        ok = False
-    if not ok:
-        log.warning("%s is not the finished shard this extraction needs; extracting it again", path)
-        path.unlink()
-        return None
-    return {"name": path.name, "rows": stop - start, "sha256": digest}
-
-
-def _split_arguments(items: list[str], pixels: bool) -> tuple[str | None, list[str]]:
-    """Positional arguments -> (checkpoint, overrides): the checkpoint is the first that is not key=value."""
-    import re
-    if pixels:
-        return PIXELS, items
-    for i, item in enumerate(items):
-        if not re.match(r"^[A-Za-z_][\w.]*=", item):
-            return item, items[:i] + items[i + 1:]
-    return None, items
-
-
-def main(argv: list[str] | None = None) -> None:
-    from byol.cli import run_command
-    parser = argparse.ArgumentParser(prog="python -m byol.extract", description=__doc__,
+def build_parser(prog: str = "python -m byol.extract") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("items", nargs="*", metavar="CHECKPOINT | section.key=value",
-                        help="checkpoint (ours or a torchvision ResNet state dict), then config overrides")
+    parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                        help="ours, a torchvision ResNet state dict or an imported layout (none with --encoder pixels)")
     parser.add_argument("--encoder", choices=("checkpoint", PIXELS), default="checkpoint",
                         help="pixels: store raw pixels / 255 (no checkpoint)")
     parser.add_argument("--split", default=None, help="dataset split (default: the config's data.split)")
     parser.add_argument("--out", required=True, help="store root: writes OUT/SPLIT/")
-    parser.add_argument("--config", default=None,
-                        help="YAML merged over the checkpoint's config (pixels: default ./config.yaml if present)")
+    add_config_arguments(parser, "YAML merged over the checkpoint's config (pixels: default ./config.yaml if present)",
+                         "config overrides on top of the checkpoint's config, e.g. data.root=/data")
     parser.add_argument("--rows-per-shard", type=int, default=10_000)
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=None,
-                        help="DataLoader processes (default: a reader thread, or 4 for image folders)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast, not exact")
+    add_loader_arguments(parser)
+    add_device_arguments(parser, PRECISIONS)
     parser.add_argument("--channels-last", action="store_true",
                         help="NHWC convolutions: faster on CPUs, not bit-equal to a plain forward")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow checkpoints that need pickle code (only from authors you trust)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a store written with other settings")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_intermixed_args(argv)
+    add_checkpoint_arguments(parser)
+    add_overwrite_argument(parser, "replace a store written with other settings")
+    add_progress_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m byol.extract") -> None:
+    args = parse_arguments(build_parser(prog), argv)
 
     def run() -> dict:
-        source, overrides = _split_arguments(args.items, args.encoder == PIXELS)
-        if source is None:
-            raise ConfigError("give the CHECKPOINT to embed with (e.g. runs/byol/encoder.pt), "
-                              "or --encoder pixels to store raw pixels")
+        source, overrides = _source_and_overrides(args.checkpoint, args.overrides, args.encoder)
+        overrides = check_overrides(overrides)
         config = args.config
-        if source == PIXELS and config is None and Path("config.yaml").is_file():
-            config = "config.yaml"
+        if source == PIXELS and config is None and Path(DEFAULT_CONFIG).is_file():
+            config = DEFAULT_CONFIG
         return extract(source, args.split, args.out, overrides, config_file=config,
                        rows_per_shard=args.rows_per_shard, dtype=args.dtype, batch_size=args.batch_size,
                        num_workers=args.num_workers, device=args.device, precision=args.precision,

@@ -54,12 +54,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from byol.config import ConfigError, to_dict
-from byol.errors import DataError
+from byol.config import ConfigError
+from byol.errors import DataError, Interrupted
 from byol.encoders.source import load_source
 from byol.data.batches import read_rows
 from byol.data.image_folder import EXTENSIONS, find_images, decode_image
 from byol.latent_outputs import HEAD_FIELDS, CsvOut, NpyOut, StoreOut, check_out, out_base
+from byol.stopping import StopSignals, ignore_stop_signals, iterate, signal_name
 
 log = logging.getLogger("byol")
 
@@ -160,9 +161,9 @@ def iter_input_batches(entries: list, image_size: int, batch_size: int, num_work
             return
         files = _Files(list(run), image_size, batch_size)
         run.clear()
-        loader = (torch.utils.data.DataLoader(files, batch_size=None, shuffle=False, num_workers=num_workers,
-                                              collate_fn=_identity) if num_workers > 0
-                  else (files[j] for j in range(len(files))))
+        loader = (iterate(torch.utils.data.DataLoader(files, batch_size=None, shuffle=False, num_workers=num_workers,
+                                                      collate_fn=_identity, worker_init_fn=ignore_stop_signals))
+                  if num_workers > 0 else (files[j] for j in range(len(files))))   # workers: see byol/stopping.py
         for items in loader:
             ok = [it for it in items if it[2] is not None]
             skipped = [{"index": i, "path": p, "reason": why} for i, p, im, why in items if im is None]
@@ -237,13 +238,9 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
 
     base = out_base(Path(out), fmt)
     check_out(base, fmt, overwrite)
-    attrs = {"encoder": encoder.name, "checkpoint": encoder.checkpoint, "checkpoint_sha256": encoder.checkpoint_sha256,
-             "step": encoder.step, "config": to_dict(cfg), "image_size": encoder.image_size,
-             "normalisation": encoder.normalisation, "layer": encoder.layer, "dataset": "latent-inputs",
-             "inputs": [str(i) for i in inputs], "head": str(head) if head else None}
-    settings = {"encoder": encoder.name, "checkpoint_sha256": encoder.checkpoint_sha256, "inputs": attrs["inputs"],
-                "image_size": encoder.image_size, "layer": encoder.layer, "dtype": "float32",
-                "rows_per_shard": int(rows_per_shard), "precision": "fp32"}
+    attrs, settings = encoder.provenance(cfg, "float32", rows_per_shard)
+    attrs.update(dataset="latent-inputs", inputs=[str(i) for i in inputs], head=str(head) if head else None)
+    settings["inputs"] = attrs["inputs"]
     if fmt == "store":
         writer = StoreOut(base, encoder.dim, attrs, settings, int(rows_per_shard), head_dims)
         report = base / "skipped.json"
@@ -272,18 +269,33 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
 
     bar = tqdm(total=n_inputs, unit="img", desc="latent", dynamic_ncols=True, disable=not progress)
     try:
-        for batch in iter_input_batches(entries, encoder.image_size, int(batch_size), int(num_workers)):
-            skipped += batch.skipped
-            for s in batch.skipped:
-                log.warning("skipped '%s': %s", s["path"], s["reason"])
-            if batch.images is not None and len(batch.images):
-                pending.append(batch)
-                while sum(len(b.paths) for b in pending) >= batch_size:
-                    written += embed(int(batch_size))
-            bar.update(len(batch.paths) + len(batch.skipped))
-        if pending:
-            written += embed(sum(len(b.paths) for b in pending))
-        writer.close()
+        # SIGINT/SIGTERM/SIGUSR1 (to this process or its whole group, decoding workers included):
+        # stop before the next batch; writer.abort() keeps finished shards and removes the rest.
+        finished = False
+        with StopSignals() as stop:
+            for batch in iter_input_batches(entries, encoder.image_size, int(batch_size), int(num_workers)):
+                if stop.signum:
+                    break
+                skipped += batch.skipped
+                for s in batch.skipped:
+                    log.warning("skipped '%s': %s", s["path"], s["reason"])
+                if batch.images is not None and len(batch.images):
+                    pending.append(batch)
+                    while sum(len(b.paths) for b in pending) >= batch_size:
+                        written += embed(int(batch_size))
+                bar.update(len(batch.paths) + len(batch.skipped))
+            else:   # every input read: finish, even if a signal came in meanwhile
+                if pending:
+                    written += embed(sum(len(b.paths) for b in pending))
+                writer.close()
+                finished = True
+        if not finished:
+            writer.abort()
+            kept = (f"{len(writer.entries)} finished shards are kept in {base} (no manifest: rerun with "
+                    f"--overwrite to write it whole)" if fmt == "store" else "the partial output was removed "
+                    "(rerun the same command)")
+            raise Interrupted(f"interrupted ({signal_name(stop.signum)}) after {written} of {n_inputs} inputs; "
+                              f"{kept}", stop.signum)
     except BaseException:
         writer.abort()
         raise
@@ -305,10 +317,11 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
     return summary
 
 
-def main(argv=None, doc: str | None = None) -> None:
+def build_parser(doc: str | None = None, prog: str = "python latent_eval/generate_latent_out.py"):
     import argparse
-    from byol.cli import run_command
-    parser = argparse.ArgumentParser(prog="python latent_eval/generate_latent_out.py", description=doc or __doc__,
+    from byol.cli import (add_checkpoint_arguments, add_device_arguments, add_loader_arguments, add_override_arguments,
+                          add_overwrite_argument, add_progress_argument)
+    parser = argparse.ArgumentParser(prog=prog, description=doc or __doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
                         help="encoder.pt, checkpoints/*.pt, a torchvision ResNet or an imported layout")
@@ -319,17 +332,32 @@ def main(argv=None, doc: str | None = None) -> None:
     parser.add_argument("--head", default=None, help="a head file from eval/load_and_train.py (.safetensors, or a "
                         "version 1 .pt): also write hidden, probs, pred")
     parser.add_argument("--strict", action="store_true", help="exit 2 naming any input that is not an image")
-    parser.add_argument("--batch-size", type=int, default=256, help="as byol.extract's (same rows, same groups)")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding files")
     parser.add_argument("--rows-per-shard", type=int, default=10_000)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--set", action="append", default=[], metavar="section.key=value",
-                        help="config override for split: inputs, e.g. --set data.root=/data")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow checkpoints that need pickle code to load (runs code from the file!)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier output at --out")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    run_command(lambda: generate(args.checkpoint, args.input, args.out, args.format, args.head, args.strict,
-                                 args.batch_size, args.trust_checkpoint, args.set, args.device, args.num_workers,
-                                 args.rows_per_shard, args.overwrite, not args.no_progress))
+    add_loader_arguments(parser)
+    add_device_arguments(parser)
+    add_override_arguments(parser, "config overrides for split: inputs, e.g. data.root=/data (not right after "
+                           "--input, which would take them as inputs)", set_alias=True)
+    add_checkpoint_arguments(parser)
+    add_overwrite_argument(parser, "replace an earlier output at --out")
+    add_progress_argument(parser)
+    return parser
+
+
+def main(argv=None, doc: str | None = None, prog: str = "python latent_eval/generate_latent_out.py") -> None:
+    from byol.cli import check_overrides, looks_like_override, parse_arguments, run_command, usable_device
+    args = parse_arguments(build_parser(doc, prog), argv)
+
+    def run() -> dict:
+        overrides = check_overrides(args.overrides)
+        # --input takes every word up to the next flag, so `--input a.jpg data.root=/d` makes the override an input
+        stray = next((item for item in args.input if looks_like_override(item) and not Path(item).exists()), None)
+        if stray is not None:
+            raise ConfigError(f"--input {stray!r} is a config override, not an input: put it before --input or "
+                              f"after another flag, or write --set {stray}")
+        device = usable_device(args.device)
+        workers = 0 if args.num_workers is None else args.num_workers   # automatic: decode in this process
+        return generate(args.checkpoint, args.input, args.out, args.format, args.head, args.strict,
+                        args.batch_size, args.trust_checkpoint, overrides, device, workers,
+                        args.rows_per_shard, args.overwrite, not args.no_progress)
+
+    run_command(run)

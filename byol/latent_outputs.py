@@ -13,35 +13,32 @@ from pathlib import Path
 import numpy as np
 
 from byol.config import ConfigError
-from byol.store import MANIFEST
-from byol.store.writer import ShardWriter, write_manifest
 from byol.store.lock import exclusive_writer
+from byol.store.resume import finished_files
+from byol.store.writer import ShardWriter, write_manifest
 
 HEAD_FIELDS = ("head_hidden", "head_probs", "head_pred")
 
 class StoreOut:
-    """OUT/ as one feature-store split: shards of `rows_per_shard` rows, manifest last."""
+    """OUT/ as one feature-store split: shards of `rows_per_shard` rows, manifest last. With a head,
+    each shard also holds its outputs (HEAD_FIELDS) as extra datasets and `head_classes` as an attribute."""
 
     def __init__(self, out: Path, dim: int, attrs: dict, settings: dict, rows_per_shard: int, head_dims=None):
         self.out, self.dim, self.attrs, self.settings = out, dim, attrs, settings
-        self.rows_per_shard, self.head_dims = rows_per_shard, head_dims
+        self.rows_per_shard = rows_per_shard
+        self.shard_attrs, self.extra = attrs, None
+        if head_dims is not None:
+            hidden, n_classes, classes = head_dims
+            self.shard_attrs = dict(attrs, head_classes=[int(c) for c in classes])
+            self.extra = dict(zip(HEAD_FIELDS, ((hidden, np.float32), (n_classes, np.float32), (None, np.int64))))
         self.writer: ShardWriter | None = None
         self.entries, self.shard = [], 0
         self.lock = contextlib.ExitStack()     # held until close()/abort(): one writer per store
         self.lock.enter_context(exclusive_writer(out, "latent-vector run"))
 
     def _open(self):
-        self.writer = ShardWriter(self.out, self.shard, self.dim, "float32", with_paths=True, attrs=self.attrs,
-                                  settings=self.settings)
-        if self.head_dims is not None:
-            f = self.writer._file   # the extra head datasets live beside the standard ones
-            hidden, n_classes, classes = self.head_dims
-            for name, width, dtype in (("head_hidden", hidden, np.float32), ("head_probs", n_classes, np.float32),
-                                       ("head_pred", None, np.int64)):
-                shape = (width,) if width else ()
-                f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
-                                 chunks=(max(1, min(1024, 2**20 // max(1, width or 1))), *shape), dtype=dtype)
-            f.attrs["head_classes"] = json.dumps([int(c) for c in classes])
+        self.writer = ShardWriter(self.out, self.shard, self.dim, "float32", with_paths=True, attrs=self.shard_attrs,
+                                  settings=self.settings, extra=self.extra)
 
     def write(self, emb, labels, indices, paths, head=None):
         a = 0
@@ -49,13 +46,8 @@ class StoreOut:
             if self.writer is None:
                 self._open()
             b = min(len(emb), a + self.rows_per_shard - self.writer.rows)
-            start = self.writer.rows
-            self.writer.append(emb[a:b], labels[a:b], indices[a:b], paths[a:b])
-            if head is not None:
-                for name, values in zip(HEAD_FIELDS, head):
-                    ds = self.writer._file[name]
-                    ds.resize(self.writer.rows, axis=0)
-                    ds[start:self.writer.rows] = values[a:b]
+            extra = None if head is None else {name: values[a:b] for name, values in zip(HEAD_FIELDS, head)}
+            self.writer.append(emb[a:b], labels[a:b], indices[a:b], paths[a:b], extra)
             if self.writer.rows >= self.rows_per_shard:
                 self.entries.append(self.writer.close())
                 self.writer, self.shard = None, self.shard + 1
@@ -179,8 +171,7 @@ def out_base(out: Path, fmt: str) -> Path:
 def check_out(out: Path, fmt: str, overwrite: bool) -> list[Path]:
     """Refuse to mix with an earlier output unless `overwrite` (which deletes it first)."""
     if fmt == "store":
-        existing = ([out / MANIFEST] + sorted(out.glob("shard-*.h5"))) if out.is_dir() else []
-        existing = [p for p in existing if p.exists()]
+        existing = finished_files(out)
     else:
         names = ["csv"] if fmt == "csv" else ["npy", "paths.txt", "head_classes.json",
                                                *(f"{n}.npy" for n in HEAD_FIELDS)]

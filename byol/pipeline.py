@@ -22,6 +22,9 @@ from pathlib import Path
 
 import torch
 
+from byol.cli import (DEFAULT_CONFIG, add_config_arguments, check_overrides, config_for_run, parse_arguments,
+                      run_command)
+
 log = logging.getLogger("byol")
 
 
@@ -34,17 +37,17 @@ def git_revision() -> str:
 
 
 def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int = 30) -> dict:
+    """config_file (None: ./config.yaml) <- overrides; a run_dir holding checkpoints/last.pt resumes."""
     from byol.pretrain.checkpoint import library_versions
-    from byol.config import load_config
     from byol.evaluate.options import Options
     from byol.evaluate.runner import run_baseline, run_head
     from byol.extract import extract
     from byol.report import write_report
     from byol.pretrain.loop import train
 
-    cfg = load_config(config_file, overrides)
+    config_file = config_file or DEFAULT_CONFIG    # the pixel stores read it too
+    cfg, resume = config_for_run(config_file, overrides, resume_if_found=True)
     run_dir = Path(cfg.trainer.run_dir)
-    resume = run_dir if (run_dir / "checkpoints" / "last.pt").exists() else None
     splits = {"train": cfg.data.knn_train_split, "test": cfg.data.eval_split}
     stage_seconds, result_files = {}, {}
 
@@ -55,10 +58,6 @@ def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int
         log.info("stage %s done in %.1f s", name, stage_seconds[name])
         return out
 
-    if resume is not None:
-        log.info("found %s: resuming that run", resume / "checkpoints" / "last.pt")
-        from byol.pretrain.checkpoint import resume_config
-        cfg = resume_config(resume, overrides)
     summary = timed("pretrain", lambda: train(cfg, resume=resume))
     encoder = summary["encoder"]
     stores = {}
@@ -94,14 +93,17 @@ def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int
             "seconds": round(sum(stage_seconds.values()), 1)}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="config.yaml")
-    ap.add_argument("--head-epochs", type=int, default=30)
-    ap.add_argument("overrides", nargs="*", help="section.key=value")
-    args = ap.parse_args(argv)
-    from byol.cli import run_command
-    run_command(lambda: run_pipeline(args.config, args.overrides, args.head_epochs))
+def build_parser(prog: str = "python -m byol.pipeline") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--head-epochs", type=int, default=30, help="epochs of the linear and MLP heads")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m byol.pipeline") -> None:
+    args = parse_arguments(build_parser(prog), argv)
+    run_command(lambda: run_pipeline(args.config, check_overrides(args.overrides), args.head_epochs))
 
 
 if __name__ == "__main__":

@@ -148,11 +148,12 @@ def write_report(run_dir: str | Path) -> Path:
     return atomic_write_text(run_dir / "report.md", "\n".join(md))
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir")
-    args = ap.parse_args(argv)
-    from byol.cli import run_command
+def main(argv=None, prog: str = "python -m byol.report"):
+    from byol.cli import parse_arguments, run_command
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", help="a run directory written by main.py or byol.pipeline")
+    args = parse_arguments(ap, argv)
     run_command(lambda: {"report": str(write_report(args.run_dir))})
 
 

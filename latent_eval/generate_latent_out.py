@@ -9,7 +9,8 @@
            --out latents/ --head features/heads/mlp.safetensors --strict
 
 Inputs: image files (any extension), folders (recursive, image extensions), .txt lists (one path
-a line, relative to the list's folder), split:NAME (the checkpoint's dataset; --set overrides).
+a line, relative to the list's folder), split:NAME (the checkpoint's dataset; change its data
+settings with section.key=value arguments, e.g. data.root=/data, or --set data.root=/data).
 --format store (default): OUT/ is a feature-store split (shards + manifest.json, `paths` per row),
 the same shard format as `python -m byol.extract`; npy: OUT.npy + OUT.paths.txt; csv: OUT.csv.
 --head HEAD adds the head's hidden layer, class probabilities and predicted class (store: shard

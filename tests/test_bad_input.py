@@ -14,9 +14,7 @@ test_store.py and test_evaluate.py.
 import io
 import logging
 import pickle
-import runpy
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -31,35 +29,10 @@ from PIL import Image
 from byol.config import Config, ConfigError, from_dict, load_config, to_dict
 from byol.extract import main as extract_main
 from byol.store import FeatureStore
-from byol.pretrain.loop import train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import TINY  # noqa: E402
+from testkit import REPO, run_main
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
-
-
-def run_cli(entry, argv, capsys) -> tuple[int, str, str]:
-    """Run an entry point in-process as a user would; (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        entry(argv)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_script(path: Path):
-    def entry(argv):
-        old = sys.argv
-        sys.argv = [str(path), *argv]
-        try:
-            runpy.run_path(str(path), run_name="__main__")
-        finally:
-            sys.argv = old
-    return entry
 
 
 def assert_one_line_error(code, out, err, *fragments):
@@ -164,7 +137,7 @@ def test_image_corpus(case, tmp_path, capsys, caplog):
             "--no-progress", "data.name=folder", f"data.root={tmp_path / 'images'}",
             f"data_transforms.input_shape=({SIZE},{SIZE},3)"]
     with caplog.at_level(logging.WARNING, logger="byol"):
-        code, stdout, err = run_cli(extract_main, argv, capsys)
+        code, stdout, err = run_main(extract_main, argv, capsys)
     if outcome == "error":       # decodable header, undecodable data: no row may be written for it
         assert_one_line_error(code, stdout, err, str(folder / name))
         assert not (out / "train" / "manifest.json").exists()
@@ -184,11 +157,10 @@ def test_image_corpus(case, tmp_path, capsys, caplog):
 
 # --------------------------------------------------------------------------- checkpoints
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad-checkpoints")
-    train(load_config(None, TINY + [f"trainer.run_dir={root / 'run'}", "trainer.max_steps=1"]))
-    return root / "run"
+@pytest.fixture
+def run_dir(trained_run):
+    """The shared tiny trained run (1 step, tests/conftest.py): the good files the cases damage. Read only."""
+    return trained_run
 
 
 class RunsShell:
@@ -218,9 +190,9 @@ def test_checkpoint_corpus_through_extract(case, run_dir, tmp_path, capsys):
     path = tmp_path / "model.pt"
     write(path, run_dir)
     MARKER.unlink(missing_ok=True)
-    code, out, err = run_cli(extract_main, [str(path), "--split", "test", "--out", str(tmp_path / "f"),
-                                            "--config", str(REPO / "config.yaml"), "--no-progress",
-                                            "data.name=digits"], capsys)
+    code, out, err = run_main(extract_main, [str(path), "--split", "test", "--out", str(tmp_path / "f"),
+                                             "--config", str(REPO / "config.yaml"), "--no-progress",
+                                             "data.name=digits"], capsys)
     assert_one_line_error(code, out, err, str(path), words)
     assert not MARKER.exists() and not (tmp_path / "f").exists()
 
@@ -236,7 +208,7 @@ def test_checkpoint_corpus_through_resume(case, run_dir, tmp_path, capsys):
     else:
         CHECKPOINT_CASES[case][0](last, run_dir)
     MARKER.unlink(missing_ok=True)
-    code, out, err = run_cli(run_script(REPO / "main.py"), ["--resume", str(run)], capsys)
+    code, out, err = run_main(REPO / "main.py", ["--resume", str(run)], capsys)
     assert_one_line_error(code, out, err, str(last))
     assert not MARKER.exists()
 
@@ -313,5 +285,5 @@ def test_random_yaml_files_either_load_or_name_the_file_or_key(tmp_path_factory,
 def test_broken_config_files_through_main(tmp_path, capsys, text, words):
     path = tmp_path / "config.yaml"
     path.write_text(text)
-    code, out, err = run_cli(run_script(REPO / "main.py"), ["--config", str(path)], capsys)
+    code, out, err = run_main(REPO / "main.py", ["--config", str(path)], capsys)
     assert_one_line_error(code, out, err, words)

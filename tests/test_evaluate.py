@@ -2,8 +2,6 @@
 selection, results files (heads in detail: test_heads.py; bad input and the command lines:
 test_evaluate_input.py)."""
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,62 +13,17 @@ from byol.evaluate import neighbors
 from byol.evaluate.blocks import fit_standardizer, iter_rows, rebatch
 from byol.evaluate.logreg import evaluate_logreg
 from byol.evaluate.neighbors import evaluate_knn, running_topk, uniform_vote, weighted_vote
-from byol.evaluate.options import Options
 from byol.evaluate.pca import fit_projector
 from byol.evaluate.results import Tally, write_results
 from byol.evaluate.runner import run_baseline, run_head
 from byol.evaluate.splits import carve_validation, prepare
-from byol.store.writer import ShardWriter, write_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
-ATTRS = {"encoder": "resnet18", "checkpoint_sha256": "ab" * 32, "image_size": 96}
-SETTINGS = {"layer": "pool", "image_size": 96}
-
-
-def write_store(split_dir, x, y, shard_rows=37, attrs=ATTRS, settings=SETTINGS):
-    """A store of the given rows, in shards of shard_rows (several, to exercise shard boundaries)."""
-    x = np.asarray(x, np.float32)
-    entries = []
-    for i, start in enumerate(range(0, max(len(x), 1), shard_rows)):
-        with ShardWriter(split_dir, i, x.shape[1], attrs=attrs, settings=settings, chunk_rows=16) as w:
-            if len(x):
-                w.append(x[start:start + shard_rows], y[start:start + shard_rows],
-                         np.arange(start, min(start + shard_rows, len(x))))
-        entries.append(w.entry)
-    write_manifest(split_dir, entries, x.shape[1], "float32", settings, attrs)
-    return Path(split_dir)
-
-
-def clusters(n, classes=4, dim=8, sep=6.0, noise=1.0, seed=0):
-    """Gaussian blobs around fixed centres (same centres for every seed: train and test match)."""
-    centres = np.random.default_rng(1234).standard_normal((classes, dim)) * sep
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    return (centres[y] + noise * rng.standard_normal((n, dim))).astype(np.float32), y
-
-
-@pytest.fixture
-def separable(tmp_path):
-    xtr, ytr = clusters(300, classes=5, seed=0)
-    xte, yte = clusters(100, classes=5, seed=1)
-    return write_store(tmp_path / "f" / "train", xtr, ytr), write_store(tmp_path / "f" / "test", xte, yte)
-
-
-@pytest.fixture
-def overlapping(tmp_path):
-    """Hard enough that methods disagree somewhere: agreement tests mean something."""
-    xtr, ytr = clusters(400, classes=6, dim=10, sep=1.0, seed=2)
-    xte, yte = clusters(150, classes=6, dim=10, sep=1.0, seed=3)
-    write_store(tmp_path / "o" / "train", xtr, ytr), write_store(tmp_path / "o" / "test", xte, yte)
-    return tmp_path / "o" / "train", tmp_path / "o" / "test", (xtr, ytr, xte, yte)
+from testkit import FAST, clusters, run_cli, write_store
 
 
 def predictions(scores_iter):
     scores, labels = zip(*scores_iter)
     return np.concatenate(scores), np.concatenate(labels)
-
-
-FAST = Options(block_rows=16, epochs=15, lr=1e-2, hidden=(32,), dropout=0.0, batch_size=32)
 
 
 # ---- known answers --------------------------------------------------------------------------------
@@ -119,11 +72,11 @@ def test_streaming_sgd_logreg_is_close_to_lbfgs_and_never_imports_torch(overlapp
     assert all(r["selected"]["C"] == 1.0 and 1 <= r["selected"]["passes"] <= FAST.epochs for r in runs)
     sgd_top1 = np.mean([r["top1"] for r in runs])
     assert abs(sgd_top1 - exact["top1"]) <= 3.0, (sgd_top1, exact["top1"])
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from byol.evaluate.runner import run_baseline; "
+    script = ("import sys; from byol.evaluate.runner import run_baseline; "
               f"from byol.evaluate.options import Options; "
               f"r = run_baseline('pca-logreg', {str(train)!r}, {str(test)!r}, Options(max_memory_mb=1e-4, epochs=2, "
               f"pca_components=4, results_dir={str(tmp_path / 'c')!r})); print(r['solver'], 'torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = run_cli("-c", script)
     assert proc.returncode == 0 and proc.stdout.split()[-1] == "False", proc.stderr[-2000:]
 
 

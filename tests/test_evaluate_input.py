@@ -1,8 +1,6 @@
 """Downstream evaluation, the user-facing edges: bad stores give one clear error naming the store,
 and both command-line entry points print their JSON last (exit 2 with one line on bad input)."""
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,10 +11,7 @@ import pytest
 from byol.errors import StoreError
 from byol.evaluate.runner import run_baseline
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_evaluate import ATTRS, FAST, SETTINGS, clusters, separable, write_store  # noqa: E402,F401 (fixture)
-
-ROOT = Path(__file__).resolve().parents[1]
+from testkit import ATTRS, FAST, SETTINGS, clusters, run_cli, write_store
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
@@ -75,14 +70,9 @@ def test_corrupt_shard_caught_while_reading_without_verify(tmp_path):
 
 # ---- command line ---------------------------------------------------------------------------------------
 
-def run_cli(script, *args):
-    return subprocess.run([sys.executable, str(ROOT / "eval" / script), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-
-
 def test_cli_entry_points_print_the_json_last_line(separable):
     train, test = separable
-    proc = run_cli("baselines.py", "--train", train, "--test", test, "--method", "all", "--block-rows", 64,
+    proc = run_cli("eval/baselines.py", "--train", train, "--test", test, "--method", "all", "--block-rows", 64,
                    "--C-grid", "0.1,1", "--k-grid", "1,5")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -90,7 +80,7 @@ def test_cli_entry_points_print_the_json_last_line(separable):
     assert summary["method"] == "all" and set(summary["top1"]) == {"logreg", "knn", "pca-logreg", "pca-knn"}
     assert [json.loads(line)["method"] for line in lines[:-1]] == ["logreg", "knn", "pca-logreg", "pca-knn"]
     assert all(v == 100.0 for v in summary["top1"].values())
-    proc = run_cli("load_and_train.py", "--train", train, "--test", test, "--head", "mlp", "--epochs", 3,
+    proc = run_cli("eval/load_and_train.py", "--train", train, "--test", test, "--head", "mlp", "--epochs", 3,
                    "--hidden", "16", "--lr", 0.01)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -102,7 +92,7 @@ def test_cli_entry_points_print_the_json_last_line(separable):
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     train, test = bad_case(tmp_path, "dim")
-    proc = run_cli("baselines.py", "--train", train, "--test", test, "--method", "knn")
+    proc = run_cli("eval/baselines.py", "--train", train, "--test", test, "--method", "knn")
     assert proc.returncode == 2 and proc.stdout == ""
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "dim 8 vs 4" in errors[0] and str(train) in errors[0]

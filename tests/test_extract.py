@@ -2,8 +2,6 @@
 settings checks, pixels, foreign checkpoints, image folders, torchrun, CLI errors (CPU, seconds)."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -15,33 +13,28 @@ from PIL import Image
 
 import byol.store.sink as shard_sink_module
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from byol.config import load_config
 from byol.data.digits import Digits
 from byol.errors import StoreError
 from byol.extract import extract, main
 from byol.encoders.build import build_encoder
 from byol.data.stl10 import STL10, write_stl10_binary
 from byol.store import FeatureStore, file_sha256, shard_name
-from byol.pretrain.loop import train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import TINY  # noqa: E402
+from testkit import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = dict(rows_per_shard=40, batch_size=16, progress=False)   # 96 test digits -> 3 shards
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny trained run (1 step): checkpoints/last.pt and encoder.pt, digits at 32 px."""
-    root = tmp_path_factory.mktemp("extract-run")
-    train(load_config(None, TINY + [f"trainer.run_dir={root / 'run'}", "trainer.max_steps=1"]))
-    return root / "run"
+@pytest.fixture
+def run_dir(trained_run):
+    """The shared tiny trained run (1 step, tests/conftest.py): checkpoints/last.pt and encoder.pt,
+    digits at 32 px. Read only."""
+    return trained_run
 
 
 def encoder_of(run_dir):
     net = build_encoder("resnet18", small_stem=False)
-    net.load_state_dict(torch.load(run_dir / "encoder.pt", weights_only=True)["state_dict"])
+    net.load_state_dict(torch.load(run_dir / "encoder.pt", weights_only=True))
     return net.eval()
 
 
@@ -204,12 +197,10 @@ def test_image_folder_stores_relative_paths(run_dir, tmp_path):
 def test_torchrun_two_processes_hold_each_sample_once(run_dir, tmp_path):
     one = extract(run_dir / "encoder.pt", "test", tmp_path / "one", rows_per_shard=20, batch_size=16,
                   progress=False)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-                           "--master-port=29531", "-m", "byol.extract", str(run_dir / "encoder.pt"),
-                           "--split", "test", "--out", str(tmp_path / "two"), "--rows-per-shard", "20",
-                           "--batch-size", "16", "--device", "cpu", "--no-progress"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    proc = run_cli("-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29531",
+                   "-m", "byol.extract", run_dir / "encoder.pt", "--split", "test", "--out", tmp_path / "two",
+                   "--rows-per-shard", "20", "--batch-size", "16", "--device", "cpu", "--no-progress",
+                   env={"OMP_NUM_THREADS": "1"}, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["world_size"] == 2 and summary["n_rows"] == 96 and summary["n_shards"] == one["n_shards"] == 5
@@ -239,7 +230,6 @@ def test_cli_prints_json_and_reports_bad_input_in_one_line(run_dir, tmp_path, ca
         assert stopped.value.code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
         assert named in err
 
-    proc = subprocess.run([sys.executable, "-m", "byol.extract", str(tmp_path / "nope.pt"), "--out",
-                           str(tmp_path / "g")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = run_cli("-m", "byol.extract", tmp_path / "nope.pt", "--out", tmp_path / "g", timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "nope.pt" in proc.stderr and "Traceback" not in proc.stderr

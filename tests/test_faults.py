@@ -35,10 +35,8 @@ from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
 from byol.store.lock import exclusive_writer
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import TINY  # noqa: E402
+from testkit import REPO, TINY
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN_ARGS = TINY + ["trainer.max_steps=10", "trainer.checkpoint_interval=1", "trainer.seed=3"]
 FAST_TRIALS, SLOW_TRIALS = 2, 12
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
@@ -64,7 +62,7 @@ def final_state(run_dir: Path) -> dict:
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     encoder = torch.load(run_dir / "encoder.pt", weights_only=True)
     return {"step": ckpt["step"], "online": ckpt["online"], "target": ckpt["target"],
-            "optimizer": ckpt["optimizer"], "encoder": encoder["state_dict"]}
+            "optimizer": ckpt["optimizer"], "encoder": encoder}
 
 
 def logged_steps(run_dir: Path) -> int:
@@ -186,10 +184,9 @@ def test_killed_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
 # --------------------------------------------------------------------------- extraction kills
 
 @pytest.fixture(scope="module")
-def encoder_path(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("extract-encoder")
-    train(load_config(None, TINY + [f"trainer.run_dir={root / 'run'}", "trainer.max_steps=1"]))
-    return root / "run" / "encoder.pt"
+def encoder_path(trained_run) -> Path:
+    """The encoder of the shared tiny trained run (1 step, tests/conftest.py). Read only."""
+    return trained_run / "encoder.pt"
 
 
 def extract_command(encoder: Path, out: Path) -> list[str]:
@@ -267,11 +264,9 @@ def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path,
     assert train(resume_config(tmp_path / "run", ["trainer.max_steps=4"]), resume=tmp_path / "run")["steps"] == 4
 
 
-def test_file_size_limit_from_the_os_is_one_clear_line_and_keeps_the_checkpoint(tmp_path):
+def test_file_size_limit_from_the_os_is_one_clear_line_and_keeps_the_checkpoint(trained_run_copy):
     """A real failed write (RLIMIT_FSIZE: the kernel refuses bytes past the limit, EFBIG), through torch.save."""
-    run = tmp_path / "run"
-    finish(subprocess.Popen([sys.executable, "main.py", *TINY, f"trainer.run_dir={run}", "trainer.max_steps=1"],
-                            cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    run = trained_run_copy      # 1 step done, resumed here
     last = run / "checkpoints" / "last.pt"
     before, limit = sha(last), last.stat().st_size // 2
 

@@ -2,8 +2,6 @@
 the head file round-trips, loads into torch, and bad files give one clear error; evaluation with
 heads never imports torch."""
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,10 +18,7 @@ from byol.evaluate.runner import run_head
 from byol.evaluate.splits import prepare
 from byol.evaluate.training import AdamW, best_epoch, fit_selected, predict_blocks
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_evaluate import ATTRS, FAST, clusters, overlapping, separable, write_store  # noqa: E402,F401 (fixtures)
-
-ROOT = Path(__file__).resolve().parents[1]
+from testkit import ATTRS, FAST, run_cli
 
 
 def torch_twin(head) -> nn.Sequential:
@@ -202,13 +197,13 @@ def test_bad_head_files_name_the_file(tmp_path):
 
 def test_heads_train_save_and_load_without_importing_torch(separable, tmp_path):
     train, test = separable
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from byol.evaluate.runner import run_head; "
+    script = ("import sys; from byol.evaluate.runner import run_head; "
               f"from byol.evaluate.options import Options; from byol.evaluate.head_file import load_head; "
               f"from byol.evaluate.heads import head_outputs; import numpy as np; "
               f"r = run_head('mlp', {str(train)!r}, {str(test)!r}, Options(epochs=10, hidden=(8,), lr=0.01, batch_size=32, "
               f"results_dir={str(tmp_path / 'r')!r})); h, _ = load_head(r['head_file']); "
               f"head_outputs(h, np.zeros((2, 8), np.float32)); print(r['top1'], 'torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = run_cli("-c", script)
     assert proc.returncode == 0, proc.stderr[-2000:]
     top1, imported = proc.stdout.split()[-2:]
     assert imported == "False" and float(top1) >= 90.0

@@ -11,10 +11,11 @@ from torch import nn
 
 from byol.encoders.files import encoder_state_from, load_file
 from byol.encoders.foreign import STHALLES_CHILDREN
-from byol.config import load_config, to_dict
 from byol.errors import CheckpointError
 from byol.export import export
 from byol.encoders.build import build_encoder
+
+from testkit import write_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,12 +159,11 @@ def test_unmatched_tensors_are_listed_not_dropped(tmp_path):
 # ------------------------------------------------------------------------------------ export
 @pytest.fixture(scope="module")
 def encoder_pt(tmp_path_factory):
+    """encoder.pt as training exports it (tests/testkit.py: write_encoder): random weights and BN, 32 px digits."""
     root = tmp_path_factory.mktemp("export")
     net = randomised(build_encoder("resnet18"))
-    cfg = load_config(None, ["data.name=digits", "data_transforms.input_shape=(32,32,3)"])
-    torch.save({"format": "byol-encoder", "state_dict": net.state_dict(), "network": "resnet18",
-                "small_stem": False, "feature_dim": 512, "step": 7, "config": to_dict(cfg)}, root / "encoder.pt")
-    return root / "encoder.pt"
+    return write_encoder(root / "encoder.pt", net, ["data.name=digits", "data_transforms.input_shape=(32,32,3)",
+                                                     "network.small_stem=false"], step=7)
 
 
 def test_export_torchscript(encoder_pt, tmp_path):
@@ -174,7 +174,7 @@ def test_export_torchscript(encoder_pt, tmp_path):
     assert spec["normalisation"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     loaded = torch.jit.load(str(tmp_path / "enc.ts"))
     net = build_encoder("resnet18")
-    net.load_state_dict(torch.load(encoder_pt, weights_only=True)["state_dict"])
+    net.load_state_dict(torch.load(encoder_pt, weights_only=True))   # a plain state dict
     x = images(32, 3)
     torch.testing.assert_close(loaded(x), features(net.eval(), x), atol=1e-5, rtol=0)
 
@@ -189,7 +189,7 @@ def test_export_onnx_cli(encoder_pt, tmp_path, capsys):
     session = ort.InferenceSession(str(tmp_path / "enc.onnx"), providers=["CPUExecutionProvider"])
     x = images(32, 5)   # another batch size than at export: the batch axis is dynamic
     net = build_encoder("resnet18")
-    net.load_state_dict(torch.load(encoder_pt, weights_only=True)["state_dict"])
+    net.load_state_dict(torch.load(encoder_pt, weights_only=True))   # a plain state dict
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, features(net.eval(), x).numpy(), atol=1e-4, rtol=0)
     assert json.loads((tmp_path / "enc.onnx.json").read_text())["output_dim"] == 512

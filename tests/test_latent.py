@@ -2,8 +2,6 @@
 `byol.extract`'s; odd images converted or reported; store/npy/csv outputs; heads; --strict;
 no pickle code run (CPU, seconds)."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -12,18 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from byol.config import load_config, to_dict
 from byol.evaluate.head_file import head_record, save_head
 from byol.evaluate.heads import build_head, head_outputs
 from byol.extract import extract
-from byol.latent import generate
+from byol.latent import generate, main as latent_main
 from byol.store import FeatureStore
 from byol.encoders.build import build_encoder
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import TINY  # noqa: E402
+from testkit import REPO, TINY, run_cli, run_main, write_encoder
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "latent_eval" / "generate_latent_out.py"
 GOOD = ["cls/rgb.jpg", "cls/gray.png", "rgba.png", "cmyk.jpg", "deep16.png", "tiny.png", "large.jpg",
         "sub/deeper/palette.gif"]
@@ -32,18 +27,15 @@ BAD = ["fake.jpg", "zero.jpg"]
 
 @pytest.fixture(scope="module")
 def encoder_pt(tmp_path_factory):
-    """encoder.pt as training writes it (byol/checkpoint.py layout), with random weights and BN
-    statistics: training a step (as tests/test_extract.py does) costs seconds and changes nothing here."""
+    """encoder.pt as training exports it (tests/testkit.py: write_encoder), with random weights and BN
+    statistics: no training step needed, and random statistics show that eval-mode BN is used."""
     path = tmp_path_factory.mktemp("latent-run") / "encoder.pt"
     net, g = build_encoder("resnet18"), torch.Generator().manual_seed(0)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    cfg = load_config(None, TINY)
-    torch.save({"format": "byol-encoder", "state_dict": net.state_dict(), "network": "resnet18", "small_stem": False,
-                "feature_dim": 512, "step": 1, "config": to_dict(cfg)}, path)
-    return path
+    return write_encoder(path, net, TINY, step=1)
 
 
 @pytest.fixture(scope="module")
@@ -141,36 +133,21 @@ def test_split_input_equals_extract(encoder_pt, tmp_path):
     assert (tmp_path / "lat.paths.txt").read_text().splitlines()[:2] == ["split:test/0", "split:test/1"]
 
 
-def cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args), "--no-progress"],
-                          capture_output=True, text=True, cwd=cwd)
-
-
-def run_main(capsys, *args):
-    """The command's main() in-process (a subprocess costs seconds of imports): (exit code, stdout, stderr)."""
-    from byol.latent import main
-    code = 0
-    try:
-        main([*map(str, args), "--no-progress"])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_strict_names_bad_files_and_summary_line(encoder_pt, odd_folder, tmp_path, capsys):
-    code, out, err = run_main(capsys, "--checkpoint", encoder_pt, "--input", odd_folder / GOOD[0],
-                              odd_folder / "zero.jpg", "--out", tmp_path / "o", "--format", "csv")
+    code, out, err = run_main(latent_main, ["--checkpoint", encoder_pt, "--input", odd_folder / GOOD[0],
+                              odd_folder / "zero.jpg", "--out", tmp_path / "o", "--format", "csv", "--no-progress"],
+                              capsys)
     assert code == 0, err[-2000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert {k: summary[k] for k in ("n_inputs", "n_written", "n_skipped", "dim", "format")} == \
         {"n_inputs": 2, "n_written": 1, "n_skipped": 1, "dim": 512, "format": "csv"}
-    code, out, err = run_main(capsys, "--checkpoint", encoder_pt, "--input", odd_folder, "--out", tmp_path / "p",
-                              "--strict")
+    code, out, err = run_main(latent_main, ["--checkpoint", encoder_pt, "--input", odd_folder, "--out", tmp_path / "p",
+                              "--strict", "--no-progress"], capsys)
     assert code == 2 and "Traceback" not in err
     error = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "fake.jpg" in error[0] and "zero.jpg" in error[0]
-    code, _, err = run_main(capsys, "--checkpoint", encoder_pt, "--input", odd_folder, "--out", tmp_path / "p")
+    code, _, err = run_main(latent_main, ["--checkpoint", encoder_pt, "--input", odd_folder, "--out", tmp_path / "p",
+                            "--no-progress"], capsys)
     assert code == 2 and "--overwrite" in err
 
 
@@ -186,7 +163,8 @@ def test_malicious_checkpoint_is_never_unpickled(tmp_path, odd_folder):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "byol-encoder", "state_dict": {}, "payload": _Evil(marker)}, evil)
-    run = cli("--checkpoint", evil, "--input", odd_folder / GOOD[0], "--out", tmp_path / "o")
+    run = run_cli(SCRIPT, "--checkpoint", evil, "--input", odd_folder / GOOD[0], "--out", tmp_path / "o",
+                  "--no-progress")
     assert run.returncode == 2 and not marker.exists()
     assert "--trust-checkpoint" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "o").exists()

@@ -5,8 +5,6 @@ run, the last line is the JSON the README documents, the margins are computed fr
 untrained-encoder control is the seeded initial network, and the skip flags drop their rows.
 """
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,8 @@ import torch
 import torchvision
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from testkit import run_cli
+
 PER_CLASS = 16
 
 
@@ -34,13 +33,13 @@ def write_folder(root: Path) -> Path:
 
 
 def run_check(data: Path, workdir: Path, *flags: str) -> dict:
-    cmd = [sys.executable, str(REPO / "benchmarks" / "learning_check.py"), "--data", str(data),
+    cmd = ["benchmarks/learning_check.py", "--data", str(data),
            "--workdir", str(workdir), "--minutes", "0.01", "--batch-size", "8", "--probe-steps", "3", *flags,
            "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
            "trainer.progress=false"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = run_cli(*cmd, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done.last_json
 
 
 @pytest.fixture(scope="module")
@@ -66,20 +65,22 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path):
     run = tmp_path / "work" / "run"
     init = torch.load(run / "random_init_encoder.pt", weights_only=True)
     trained = torch.load(run / "encoder.pt", weights_only=True)
-    assert init["step"] == 0 and trained["step"] == out["steps"]
-    assert not torch.equal(init["state_dict"]["layer1.0.conv1.weight"],
-                           trained["state_dict"]["layer1.0.conv1.weight"])
+    init_step = json.loads((run / "random_init_encoder.json").read_text())["step"]
+    trained_step = json.loads((run / "encoder.json").read_text())["step"]
+    assert init_step == 0 and trained_step == out["steps"]
+    assert not torch.equal(init["layer1.0.conv1.weight"],
+                           trained["layer1.0.conv1.weight"])
     from byol.config import load_config
     from byol.pretrain.loop import build_networks
     cfg = load_config(run / "config.yaml", [])
     torch.manual_seed(cfg.trainer.seed)
     online, _ = build_networks(cfg)
     for key, value in online.encoder.state_dict().items():
-        assert torch.equal(init["state_dict"][key], value), key
+        assert torch.equal(init[key], value), key
     resnet = torchvision.models.resnet18()
     resnet.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
     resnet.fc = torch.nn.Identity()
-    resnet.load_state_dict(init["state_dict"])
+    resnet.load_state_dict(init)
 
 
 def test_learning_check_skips_the_rows_it_is_told_to(folder, tmp_path):

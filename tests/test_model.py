@@ -15,7 +15,7 @@ from byol.pretrain.optim import LARS, build_optimizer, ema_rate_at, learning_rat
 
 
 def tiny_online():
-    return OnlineNetwork("resnet18", small_stem=True, hidden=32, proj_dim=16, pred_hidden=0)
+    return OnlineNetwork(build_encoder("resnet18", small_stem=True), 512, hidden=32, proj_dim=16, pred_hidden=0)
 
 
 @pytest.mark.parametrize("name, dim", [("resnet18", 512), ("resnet50", 2048)])

@@ -7,10 +7,14 @@ import nbclient
 import nbformat
 import pytest
 
-from byol.config import load_config
-from byol.pretrain.loop import train
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def headless_backend(monkeypatch):
+    """Servers and CI often set MPLBACKEND=Agg, which the kernel inherits: the notebooks must still
+    draw into their outputs (their `%matplotlib inline`), so they are executed with it set."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
 
 
 def execute(notebook: Path, parameters: dict, cwd: Path) -> nbformat.NotebookNode:
@@ -25,14 +29,10 @@ def execute(notebook: Path, parameters: dict, cwd: Path) -> nbformat.NotebookNod
     return nb
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    run = tmp_path_factory.mktemp("nb") / "run"
-    train(load_config(None, ["data.name=digits", "data.max_images=64", "data_transforms.input_shape=(16,16,3)",
-                             "network.projection_head.mlp_hidden_size=32", "trainer.batch_size=32",
-                             "trainer.max_steps=1", "trainer.num_workers=0", "trainer.progress=false",
-                             "trainer.tensorboard=false", f"trainer.run_dir={run}"]))
-    return run / "encoder.pt"
+@pytest.fixture
+def tiny_encoder(trained_run):
+    """The encoder of the shared tiny trained run (1 step, 32 px digits; tests/conftest.py). Read only."""
+    return trained_run / "encoder.pt"
 
 
 def test_save_feature_tensor_notebook_writes_a_store(tiny_encoder, tmp_path):

@@ -1,10 +1,10 @@
 """The one-command pipeline on the embedded digits: pretrain -> extract -> evaluate -> report."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from byol.report import write_report
+
+from testkit import run_cli
 
 
 def test_pipeline_runs_end_to_end_and_report_regenerates(pipeline_run):
@@ -23,7 +23,7 @@ def test_pipeline_runs_end_to_end_and_report_regenerates(pipeline_run):
 
     (run / "report.md").unlink()
     (run / "loss.png").unlink()
-    cli = subprocess.run([sys.executable, "-m", "byol.report", str(run)], capture_output=True, text=True)
+    cli = run_cli("-m", "byol.report", run)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout.strip().splitlines()[-1])["report"] == str(run / "report.md")
     assert (run / "loss.png").is_file() and "BYOL + kNN" in (run / "report.md").read_text()

@@ -12,39 +12,37 @@ from byol.errors import StoreError
 from byol.store import FeatureStore, check_compatible, file_sha256, shard_name
 from byol.store.writer import ShardWriter, write_manifest
 
+from testkit import write_store
+
 ATTRS = {"encoder": "resnet18", "checkpoint_sha256": "ab" * 32, "step": 1200, "image_size": 96,
          "config": {"model": {"network": "resnet18", "hidden": [512, 128]}, "lr": 0.2},
          "normalisation": [[0.4, 0.4, 0.4], [0.2, 0.2, 0.2]], "note": None}
 SETTINGS = {"layer": "pool", "image_size": 96, "augment": False}
 
 
-def write_store(split_dir, shard_rows, dim=6, dtype="float32", with_paths=True, attrs=ATTRS,
-                settings=SETTINGS, seed=0):
-    """Write shards of the given sizes (several appends each) + manifest; return the expected columns."""
+def random_store(split_dir, shard_rows, dim=6, dtype="float32", with_paths=True, attrs=ATTRS,
+                 settings=SETTINGS, seed=0):
+    """Random rows in shards of the given sizes (several appends each, small chunks) + manifest,
+    written by tests/testkit.py's write_store; returns the columns a reader must give back."""
     rng = np.random.default_rng(seed)
-    entries, emb, labels, indices, paths = [], [], [], [], []
+    emb, labels, indices, paths = [], [], [], []
     start = 0
-    for i, rows in enumerate(shard_rows):
-        e = rng.standard_normal((rows, dim)).astype(np.float32)
-        lab = rng.integers(-1, 10, rows)
-        idx = np.arange(start, start + rows) * 3  # not just 0..N-1: must come back exactly
-        p = [f"imgs/ü-{j}.png" for j in idx]
-        with ShardWriter(split_dir, i, dim, dtype, with_paths, attrs, chunk_rows=4, settings=settings) as w:
-            for a in range(0, rows, 5):
-                w.append(e[a:a + 5], lab[a:a + 5], idx[a:a + 5], p[a:a + 5] if with_paths else None)
-        entries.append(w.entry)
-        emb.append(e.astype(dtype).astype(np.float32))
-        labels.append(lab), indices.append(idx), paths.extend(p)
+    for rows in shard_rows:
+        emb.append(rng.standard_normal((rows, dim)).astype(np.float32))
+        labels.append(rng.integers(-1, 10, rows))
+        indices.append(np.arange(start, start + rows) * 3)  # not just 0..N-1: must come back exactly
+        paths.extend(f"imgs/ü-{j}.png" for j in indices[-1])
         start += rows
-    write_manifest(split_dir, entries, dim, dtype, settings, attrs)
-    return {"embeddings": np.concatenate(emb) if emb else np.empty((0, dim), np.float32),
-            "labels": np.concatenate(labels).astype(np.int64), "indices": np.concatenate(indices),
+    emb, labels, indices = np.concatenate(emb), np.concatenate(labels).astype(np.int64), np.concatenate(indices)
+    write_store(split_dir, emb, labels, list(shard_rows), indices=indices, paths=paths if with_paths else None,
+                dtype=dtype, attrs=attrs, settings=settings, chunk_rows=4, append_rows=5)
+    return {"embeddings": emb.astype(dtype).astype(np.float32), "labels": labels, "indices": indices,
             "paths": paths if with_paths else None}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_round_trip_several_shards(tmp_path, dtype):
-    expected = write_store(tmp_path, [11, 5, 9], dtype=dtype)
+    expected = random_store(tmp_path, [11, 5, 9], dtype=dtype)
     store = FeatureStore.open(tmp_path, verify=True)
     assert (len(store), store.dim, store.dtype) == (25, 6, dtype)
     assert np.array_equal(store.to_array(), expected["embeddings"])
@@ -67,7 +65,7 @@ def test_round_trip_several_shards(tmp_path, dtype):
 
 
 def test_user_reads_a_shard_with_plain_h5py(tmp_path):
-    expected = write_store(tmp_path, [4, 3])
+    expected = random_store(tmp_path, [4, 3])
     with h5py.File(tmp_path / "shard-00001.h5") as f:  # no byol import needed to read a shard
         embeddings, labels = f["embeddings"][:], f["labels"][:]
         paths = f["paths"].asstr()[:].tolist()
@@ -78,7 +76,7 @@ def test_user_reads_a_shard_with_plain_h5py(tmp_path):
 @pytest.mark.parametrize("block_rows", [1, 3, 5, 7, 10, 1000])
 def test_iter_blocks_is_the_concatenation_in_order(tmp_path, block_rows):
     sizes = [10, 5, 0, 13]
-    expected = write_store(tmp_path, sizes)
+    expected = random_store(tmp_path, sizes)
     blocks = list(FeatureStore.open(tmp_path).iter_blocks(block_rows, fields=("embeddings", "labels",
                                                                                "indices", "paths")))
     assert all(0 < len(b["labels"]) <= block_rows for b in blocks)
@@ -90,7 +88,7 @@ def test_iter_blocks_is_the_concatenation_in_order(tmp_path, block_rows):
 
 
 def test_to_array_refuses_over_the_limit(tmp_path):
-    write_store(tmp_path, [10, 10], dim=6)
+    random_store(tmp_path, [10, 10], dim=6)
     store = FeatureStore.open(tmp_path)
     assert store.to_array(max_bytes=20 * 6 * 4).shape == (20, 6)
     with pytest.raises(StoreError, match="iter_blocks"):
@@ -98,7 +96,7 @@ def test_to_array_refuses_over_the_limit(tmp_path):
 
 
 def test_empty_store(tmp_path):
-    write_store(tmp_path, [0], dim=5, with_paths=False)
+    random_store(tmp_path, [0], dim=5, with_paths=False)
     store = FeatureStore.open(tmp_path, verify=True)
     assert len(store) == 0 and list(store.iter_blocks()) == []
     assert store.to_array().shape == (0, 5) and store.labels().shape == (0,)
@@ -109,7 +107,7 @@ def test_empty_store(tmp_path):
 
 def test_virtual_dataset_reads_as_the_concatenation(tmp_path):
     split = tmp_path / "train"
-    expected = write_store(split, [7, 0, 4, 9], dtype="float16")
+    expected = random_store(split, [7, 0, 4, 9], dtype="float16")
     virtual = FeatureStore.open(split).virtual_dataset()
     assert virtual == split / "virtual.h5"
     shutil.move(split, tmp_path / "moved")  # sources are relative: the split can move as a whole
@@ -126,7 +124,7 @@ def test_virtual_dataset_reads_as_the_concatenation(tmp_path):
 
 
 def test_manifest_and_sha256(tmp_path):
-    write_store(tmp_path, [3, 8, 2])
+    random_store(tmp_path, [3, 8, 2])
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["format"] == "byol-feature-store" and manifest["version"] == 1
     assert (manifest["dim"], manifest["dtype"], manifest["n_rows"]) == (6, "float32", 13)
@@ -164,7 +162,7 @@ def flip_byte_in_embeddings(path):
 
 
 def test_flipped_byte_is_caught(tmp_path):
-    write_store(tmp_path, [6, 6, 6])
+    random_store(tmp_path, [6, 6, 6])
     flip_byte_in_embeddings(tmp_path / "shard-00001.h5")
     with pytest.raises(StoreError, match="shard-00001.h5.*SHA-256"):
         FeatureStore.open(tmp_path, verify=True)
@@ -184,7 +182,7 @@ def test_missing_manifest(tmp_path):
 
 
 def test_deleted_shard_is_named(tmp_path):
-    write_store(tmp_path, [3, 3, 3])
+    random_store(tmp_path, [3, 3, 3])
     (tmp_path / "shard-00002.h5").unlink()
     with pytest.raises(StoreError, match="shard-00002.h5.*missing"):
         FeatureStore.open(tmp_path)
@@ -197,7 +195,7 @@ def edit_manifest(path, edit):
 
 
 def test_manifest_rows_disagreeing_with_shard(tmp_path):
-    write_store(tmp_path, [4, 5])
+    random_store(tmp_path, [4, 5])
 
     def one_more_row(m):
         m["shards"][1]["rows"] += 1
@@ -212,7 +210,7 @@ def test_manifest_rows_disagreeing_with_shard(tmp_path):
 
 
 def test_manifest_dim_or_settings_disagreeing_with_shard(tmp_path):
-    write_store(tmp_path, [4])
+    random_store(tmp_path, [4])
     edit_manifest(tmp_path / "manifest.json", lambda m: m.update(dim=7))
     with pytest.raises(StoreError, match="shard-00000.h5.*dim 7"):
         FeatureStore.open(tmp_path)
@@ -273,11 +271,11 @@ def test_store_written_with_plain_h5py(tmp_path):
 
 
 def test_check_compatible(tmp_path):
-    write_store(tmp_path / "train", [3])
-    write_store(tmp_path / "test", [2], seed=1)
-    write_store(tmp_path / "wide", [2], dim=8)
-    write_store(tmp_path / "other", [2], attrs=dict(ATTRS, encoder="resnet50"))
-    write_store(tmp_path / "bare", [2], attrs={})
+    random_store(tmp_path / "train", [3])
+    random_store(tmp_path / "test", [2], seed=1)
+    random_store(tmp_path / "wide", [2], dim=8)
+    random_store(tmp_path / "other", [2], attrs=dict(ATTRS, encoder="resnet50"))
+    random_store(tmp_path / "bare", [2], attrs={})
     train, test, wide, other, bare = (FeatureStore.open(tmp_path / n)
                                       for n in ("train", "test", "wide", "other", "bare"))
     check_compatible(train, test)
@@ -287,6 +285,6 @@ def test_check_compatible(tmp_path):
     with pytest.raises(StoreError, match=r"train.*other.*encoder 'resnet18' vs 'resnet50'"):
         check_compatible(train, other)
     check_compatible(train, other, what=("dim",))
-    write_store(tmp_path / "retrained", [2], attrs=dict(ATTRS, checkpoint_sha256="cd" * 32))
+    random_store(tmp_path / "retrained", [2], attrs=dict(ATTRS, checkpoint_sha256="cd" * 32))
     with pytest.raises(StoreError, match="checkpoint_sha256"):  # same network, other weights
         check_compatible(train, FeatureStore.open(tmp_path / "retrained"))

@@ -2,8 +2,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,11 +15,7 @@ from byol.errors import Interrupted
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
 
-TINY = ["data.name=digits", "data.split=train", "data.max_images=96",
-        "data_transforms.input_shape=(32,32,3)", "network.small_stem=false",
-        "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
-        "trainer.batch_size=16", "trainer.num_workers=0", "trainer.progress=false",
-        "trainer.log_every=1", "trainer.tensorboard=false", "trainer.precision=fp32"]
+from testkit import TINY, run_cli
 
 
 def tiny_config(tmp_path, *extra):
@@ -50,9 +44,10 @@ def test_training_writes_run_dir_checkpoint_and_encoder(tmp_path):
     assert set(ckpt) >= {"online", "target", "optimizer", "rng", "versions"}
     enc = torch.load(run / "encoder.pt", weights_only=True)
     plain = torchvision.models.resnet18()
-    missing, unexpected = plain.load_state_dict(enc["state_dict"], strict=False)
+    missing, unexpected = plain.load_state_dict(enc, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
-    assert enc["feature_dim"] == 512 and enc["step"] == 12
+    meta = json.loads((run / "encoder.json").read_text())
+    assert meta["feature_dim"] == 512 and meta["step"] == 12
 
 
 def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
@@ -126,11 +121,6 @@ def test_fine_tune_from_encoder(tmp_path):
 def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="lower trainer.batch_size"):
         train(tiny_config(tmp_path, "trainer.batch_size=200"))
-
-
-def run_cli(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=300)
 
 
 def test_cli_user_errors_are_one_line_without_traceback(tmp_path):

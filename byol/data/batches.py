@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from byol.stopping import ignore_stop_signals, iterate
+
 
 def read_rows(dataset, start: int, stop: int) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
     """Rows [start, stop) of a dataset -> (uint8 [n, 3, S, S], int64 labels [n], relative paths or None).
@@ -52,9 +54,10 @@ def default_workers(dataset) -> int:
 def iter_batches(dataset, batches: list[tuple[int, int, int]], num_workers: int, depth: int = 3):
     """Yield (shard, start, stop, (images, labels, paths)) in plan order, read ahead of the consumer."""
     plan = _Batches(dataset, batches)
-    if num_workers > 0:
-        yield from DataLoader(plan, batch_size=None, shuffle=False, num_workers=num_workers,
-                              prefetch_factor=depth, persistent_workers=False)
+    if num_workers > 0:     # workers leave stop signals to this process (byol/stopping.py)
+        yield from iterate(DataLoader(plan, batch_size=None, shuffle=False, num_workers=num_workers,
+                                      prefetch_factor=depth, persistent_workers=False,
+                                      worker_init_fn=ignore_stop_signals))
     else:
         yield from in_background((plan[j] for j in range(len(plan))), depth)
 

@@ -1,33 +1,35 @@
-"""Building encoders: a torchvision ResNet without its classifier, and its architecture read back
-from a state dict's shapes. Its state dict uses torchvision's key names, so `encoder.pt` loads
-into `torchvision.models.resnet18()` (fc aside).
+"""Building encoders: a network by name without its classifier (byol.encoders.families), its
+feature dimension, and a ResNet's architecture read back from a state dict's shapes. The state dict
+keeps the library's key names, so `encoder.pt` loads into `torchvision.models.resnet18()` (fc aside).
 """
 from __future__ import annotations
 
 import torch.nn as nn
-import torchvision
 
+from byol.encoders.families import build_classifier_model, feature_dim, strip_classifier, use_small_stem
 from byol.errors import CheckpointError
 
-
+# The pooled width of the ResNets this project started with (known without a dummy forward).
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 
-def build_encoder(name: str, small_stem: bool = False) -> nn.Module:
-    """torchvision ResNet without its classifier: images [N,3,H,W] -> features [N, FEATURE_DIMS[name]].
+def build_encoder(name: str, small_stem: bool = False, kwargs: dict | None = None) -> nn.Module:
+    """The network `name` (random weights) without its classifier: images [N,3,H,W] -> features [N, D].
 
-    `small_stem` swaps the 7x7/stride-2 conv + max-pool for a 3x3/stride-1 conv (as in SimCLR's
-    CIFAR setup), which keeps spatial resolution for 32-64 px inputs. Such an encoder has a
+    `small_stem` (ResNets only) swaps the 7x7/stride-2 conv + max-pool for a 3x3/stride-1 conv (as in
+    SimCLR's CIFAR setup), which keeps spatial resolution for 32-64 px inputs. Such an encoder has a
     differently shaped `conv1.weight`; rebuild it with this function to load it.
     """
-    if name not in FEATURE_DIMS:
-        raise ValueError(f"unknown network.name {name!r}; choose one of {', '.join(FEATURE_DIMS)}")
-    net = getattr(torchvision.models, name)(weights=None)
-    if small_stem:
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-    net.fc = nn.Identity()
-    return net
+    net = strip_classifier(build_classifier_model(name, kwargs), name) if not name.startswith("timm:") \
+        else build_classifier_model(name, kwargs)          # timm: built with num_classes=0 already
+    return use_small_stem(net, name) if small_stem else net
+
+
+def encoder_dim(encoder: nn.Module, name: str, image_size: int) -> int:
+    """D of `encoder`'s features at image_size (a dummy forward, which also rejects a size it cannot take)."""
+    if name in FEATURE_DIMS:                 # adaptive pooling: the same D at every input size
+        return FEATURE_DIMS[name]
+    return feature_dim(encoder, image_size, name)
 
 
 def infer_resnet(state: dict, path="<dict>") -> dict:

@@ -1,8 +1,8 @@
 """An encoder ready to embed images: any checkpoint (or raw pixels) -> float32 rows.
 
 An `EncoderSource` turns a uint8 batch [n, 3, S, S] into float32 rows [n, dim], deterministically:
-eval mode, no augmentation, the checkpoint's image size and ImageNet normalisation (via
-`augment.eval_transform`), fp32 unless bf16 is asked for. The `pixels` source stores the image
+eval mode, no augmentation, the checkpoint's image size and normalisation (its saved ones, else
+ImageNet's; via `augment.eval_transform`), fp32 unless bf16 is asked for. The `pixels` source stores the image
 itself, flattened CHW and scaled to [0, 1] (pixel / 255): 3 * 96 * 96 = 27,648 values per
 STL-10 image, so PCA baselines read the same kind of store as the encoders' embeddings.
 Used by extraction, latent vectors and export alike.
@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from byol.atomic import file_sha256
-from byol.config import Config, ConfigError, load_config
+from byol.config import Config, ConfigError, is_resnet_name, load_config, to_dict
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from byol.encoders.build import FEATURE_DIMS, build_encoder
-from byol.encoders.files import encoder_state_from, load_file
+from byol.encoders.build import build_encoder, encoder_dim
+from byol.encoders.files import load_encoder
 from byol.errors import CheckpointError
 
 PIXELS = "pixels"
@@ -47,6 +46,23 @@ class EncoderSource:
     @property
     def normalisation(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}
+
+    def provenance(self, cfg: Config, dtype: str, rows_per_shard: int) -> tuple[dict, dict]:
+        """(attrs, settings) of a feature store of this encoder's rows; the writing command adds its own keys.
+
+        attrs: who computed the rows (encoder, checkpoint, its sha256 and step, the resolved config)
+        and from what input (image size, normalisation, layer). settings: what a rerun must match to
+        keep finished shards. Their FEATURE_ATTRS / FEATURE_SETTINGS keys (byol.store.format) decide
+        whether two stores can be compared. Built here, not in the store, because every value is the
+        encoder's own: the store stays a container of any dict. Call after `to()` (the precision).
+        """
+        attrs = {"encoder": self.name, "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256,
+                 "step": self.step, "config": to_dict(cfg), "image_size": self.image_size,
+                 "normalisation": self.normalisation, "layer": self.layer}
+        settings = {"encoder": self.name, "checkpoint_sha256": self.checkpoint_sha256, "image_size": self.image_size,
+                    "layer": self.layer, "dtype": dtype, "rows_per_shard": int(rows_per_shard),
+                    "precision": self.precision}
+        return attrs, settings
 
     def to(self, device: torch.device, precision: str = "fp32", channels_last: bool = False) -> "EncoderSource":
         """Move the encoder to `device` in eval mode; fp32 (exact) or bf16 autocast; NHWC if channels_last."""
@@ -87,16 +103,20 @@ def load_source(source: str | Path, overrides=(), config_file: str | Path | None
         return EncoderSource(PIXELS, size, 3 * size * size, PIXELS, mean=(0.0, 0.0, 0.0),
                              std=(1.0, 1.0, 1.0)), cfg
     path = Path(source)
-    state, meta = encoder_state_from(load_file(path, trust=trust), path)
+    state, meta = load_encoder(path, trust=trust)
     cfg = load_config(config_file, overrides, base=meta.get("config"))
-    module = build_encoder(meta["network"], bool(meta.get("small_stem", False)))
+    network = meta["network"]
+    kwargs = ((meta.get("config") or {}).get("network") or {}).get("kwargs") or {}
+    module = build_encoder(network, bool(meta.get("small_stem", False)), kwargs)
+    size = cfg.data_transforms.input_shape[0]
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint '{path}' does not fit a {meta['network']} encoder "
                               f"({str(e).splitlines()[0][:200]})") from None
-    return EncoderSource(meta["network"], cfg.data_transforms.input_shape[0], FEATURE_DIMS[meta["network"]],
-                         "avgpool", module=module, checkpoint=str(path.resolve()),
-                         checkpoint_sha256=file_sha256(path), step=meta.get("step")), cfg
-
-
+    norm = meta.get("normalisation") or {}
+    return EncoderSource(network, size, int(meta.get("feature_dim") or encoder_dim(module, network, size)),
+                         "avgpool" if is_resnet_name(network) else "pre-classifier", mean=tuple(norm.get("mean", IMAGENET_MEAN)),
+                         std=tuple(norm.get("std", IMAGENET_STD)), module=module,
+                         checkpoint=str(path.resolve()), checkpoint_sha256=meta["sha256"],
+                         step=meta.get("step")), cfg

@@ -14,7 +14,6 @@ import numpy as np
 from tqdm import tqdm
 
 from byol.store import FeatureStore
-from byol.store.reader import read_field_rows, open_shard
 
 BLOCK_BYTES = 32 * 2**20        # a read block of float32 embeddings stays around this size
 DEFAULT_BLOCK_ROWS = 8192
@@ -41,13 +40,6 @@ def block_plan(store: FeatureStore, block_rows: int) -> list[tuple[int, int, int
             plan.append((number, offset + start, start, min(start + block_rows, shard["rows"])))
         offset += shard["rows"]
     return plan
-
-
-def _read(store: FeatureStore, number: int, start: int, stop: int, fields) -> dict[str, np.ndarray]:
-    """Rows [start, stop) of one shard; a damaged shard raises StoreError naming it."""
-    path = store.split_dir / store.shards[number]["name"]
-    with open_shard(path, "checksum failure") as f:
-        return {name: read_field_rows(f, name, start, stop, False) for name in fields}
 
 
 def iter_rows(store: FeatureStore, mask: np.ndarray | None = None, block_rows: int = DEFAULT_BLOCK_ROWS,
@@ -91,7 +83,7 @@ def _fill(store: FeatureStore, wanted: list, fields, bar: tqdm | None) -> dict[s
     sizes = [stop - start if keep is None else int(keep.sum()) for _, start, stop, keep in wanted]
     buffer, offset = None, 0
     for (number, start, stop, keep), size in zip(wanted, sizes):
-        part = _read(store, number, start, stop, fields)
+        part = store.read_block(number, start, stop, fields)   # a damaged shard: StoreError naming it
         if bar is not None:
             bar.update(stop - start)
         if keep is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
+from byol.cli import add_overwrite_argument
 from byol.config import ConfigError
 from byol.evaluate.blocks import DEFAULT_BLOCK_ROWS
 
@@ -12,7 +13,8 @@ METHODS = ("logreg", "knn", "pca-logreg", "pca-knn")
 
 @dataclass
 class Options:
-    """Defaults are the command-line defaults. None for C / k / metric / weighting: see the flags."""
+    """These defaults are the command-line defaults (the flags read them from here). None for
+    C / k / metric / weighting: chosen per method, see the flags."""
     val_fraction: float = 0.1
     seed: int = 0
     block_rows: int = DEFAULT_BLOCK_ROWS
@@ -84,51 +86,58 @@ def _auto(kind):
     return parse
 
 
+# The flags' defaults are the Options fields' defaults, read from the dataclass: declared once.
+_DEFAULTS = {f.name: f.default for f in fields(Options)}
+
+
+def _option(p: argparse.ArgumentParser, flag: str, dest: str | None = None, **kwargs) -> None:
+    """Add `flag` (e.g. --C-grid) defaulting to the Options field of the same name (C_grid)."""
+    dest = dest or flag.lstrip("-").replace("-", "_")
+    p.add_argument(flag, dest=dest, default=_DEFAULTS[dest], **kwargs)
+
+
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", required=True, help="training split of the feature store")
     p.add_argument("--test", required=True, help="test split of the feature store (same encoder)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of the labelled training rows held out to choose hyper-parameters "
-                        "(0: no selection, fixed values)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the validation split, shuffling, init")
-    p.add_argument("--block-rows", type=int, default=DEFAULT_BLOCK_ROWS, help="rows read per block")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip checking every shard's SHA-256 before reading")
-    p.add_argument("--results-dir", default=None, help="default: <train>/../results")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace <method>.json etc. (default: write <method>-2.json, -3, ...)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs (the maximum when chosen on validation)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    _option(p, "--val-fraction", type=float,
+            help="share of the labelled training rows held out to choose hyper-parameters (0: no selection, fixed values)")
+    _option(p, "--seed", type=int, help="seeds the validation split, shuffling, init")
+    _option(p, "--block-rows", type=int, help="rows read per block")
+    _option(p, "--no-verify", dest="verify", action="store_false",
+            help="skip checking every shard's SHA-256 before reading")
+    _option(p, "--results-dir", help="default: <train>/../results")
+    add_overwrite_argument(p, "replace <method>.json etc. (default: write <method>-2.json, -3, ...)")
+    _option(p, "--epochs", type=int, help="epochs (the maximum when chosen on validation)")
+    _option(p, "--lr", type=float, help="AdamW learning rate")
+    _option(p, "--batch-size", type=int, help="rows per head training step")
+    _option(p, "--weight-decay", type=float)
 
 
 def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, choices=(*METHODS, "all"))
-    p.add_argument("--max-memory-mb", type=float, default=2048.0,
-                   help="logreg/pca-logreg use in-memory lbfgs when its estimate fits, else streaming SGD (no torch)")
-    p.add_argument("--C", type=_auto(float), default=None, help="inverse regularisation, or 'auto' (grid)")
-    p.add_argument("--C-grid", type=_numbers(float), default=(0.01, 0.1, 1.0, 10.0))
-    p.add_argument("--max-iter", type=int, default=1000, help="lbfgs iterations")
-    p.add_argument("--k", type=_auto(int), default=None, help="neighbours, or 'auto' (grid on validation)")
-    p.add_argument("--k-grid", type=_numbers(int), default=(1, 5, 10, 20, 50, 100, 200))
-    p.add_argument("--metric", choices=("cosine", "euclidean"), default=None,
-                   help="default: cosine for knn, euclidean for pca-knn")
-    p.add_argument("--knn-weighting", choices=("uniform", "temperature"), default=None,
-                   help="default: temperature (Wu et al. 2018) for knn, uniform for pca-knn")
-    p.add_argument("--temperature", type=float, default=0.07)
-    p.add_argument("--val-max-queries", type=int, default=10000,
-                   help="kNN: validation rows used as queries (each chunk costs a pass over the train rows)")
-    p.add_argument("--pca-components", type=int, default=128)
-    p.add_argument("--pca-solver", choices=("auto", "covariance", "incremental"), default="auto",
-                   help="exact PCA from a streamed covariance (auto: dim <= 4096) or IncrementalPCA")
+    _option(p, "--max-memory-mb", type=float,
+            help="logreg/pca-logreg use in-memory lbfgs when its estimate fits, else streaming SGD (no torch)")
+    _option(p, "--C", type=_auto(float), help="inverse regularisation, or 'auto' (grid)")
+    _option(p, "--C-grid", type=_numbers(float))
+    _option(p, "--max-iter", type=int, help="lbfgs iterations")
+    _option(p, "--k", type=_auto(int), help="neighbours, or 'auto' (grid on validation)")
+    _option(p, "--k-grid", type=_numbers(int))
+    _option(p, "--metric", choices=("cosine", "euclidean"), help="default: cosine for knn, euclidean for pca-knn")
+    _option(p, "--knn-weighting", choices=("uniform", "temperature"),
+            help="default: temperature (Wu et al. 2018) for knn, uniform for pca-knn")
+    _option(p, "--temperature", type=float)
+    _option(p, "--val-max-queries", type=int,
+            help="kNN: validation rows used as queries (each chunk costs a pass over the train rows)")
+    _option(p, "--pca-components", type=int)
+    _option(p, "--pca-solver", choices=("auto", "covariance", "incremental"),
+            help="exact PCA from a streamed covariance (auto: dim <= 4096) or IncrementalPCA")
 
 
 def add_head_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", required=True, choices=("mlp", "linear"))
-    p.add_argument("--hidden", type=_numbers(int), default=(512,), help="MLP hidden sizes, e.g. 1024,512")
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--out-head", default=None, help="default: <train>/../heads/<head>.safetensors")
+    _option(p, "--hidden", type=_numbers(int), help="MLP hidden sizes, e.g. 1024,512")
+    _option(p, "--dropout", type=float)
+    _option(p, "--out-head", help="default: <train>/../heads/<head>.safetensors")
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

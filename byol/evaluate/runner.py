@@ -19,7 +19,7 @@ from byol.evaluate.blocks import fit_standardizer
 from byol.evaluate.options import METHODS, Options
 from byol.evaluate.results import Tally, default_dir, free_stem, write_results
 from byol.evaluate.splits import EvalData, prepare
-from byol.store import ENCODER_KEYS
+from byol.store import FEATURE_ATTRS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _finish(method: str, data: EvalData, opts: Options, scores, info: dict, star
               "n_val": counts["n_val"], "n_classes": counts["n_classes"], "dim": data.train.dim, **info,
               "val_fraction": data.val_fraction, "seed": data.seed,
               "train": str(data.train.split_dir), "test": str(data.test.split_dir),
-              "store_attrs": {k: data.train.attrs[k] for k in ENCODER_KEYS if k in data.train.attrs},
+              "store_attrs": {k: data.train.attrs[k] for k in FEATURE_ATTRS if k in data.train.attrs},
               **(extra or {})}
     n_unlabelled = int((data.test_labels < 0).sum())
     if n_unlabelled:

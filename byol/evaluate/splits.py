@@ -15,10 +15,6 @@ from byol.errors import StoreError
 from byol.evaluate.results import encode
 from byol.store import FeatureStore, check_compatible
 
-# Extraction settings that decide the feature space (compared when both stores record them); the
-# rest (split, data root, shard size, storage dtype, ...) may differ between a train and a test store.
-FEATURE_SETTINGS = ("encoder", "checkpoint_sha256", "image_size", "layer", "normalisation", "augment")
-
 
 def open_store(path: str | Path, role: str, verify: bool = True) -> FeatureStore:
     """Open a split (checking every shard's SHA-256 when verify) and refuse an empty one."""
@@ -29,14 +25,9 @@ def open_store(path: str | Path, role: str, verify: bool = True) -> FeatureStore
 
 
 def check_pair(train: FeatureStore, test: FeatureStore) -> None:
-    """Train and test must share the feature space: dim, encoder provenance, preprocessing settings."""
-    check_compatible(train, test, ("dim", "encoder"))
-    diffs = [f"settings.{key} {train.settings[key]!r} vs {test.settings[key]!r}"
-             for key in FEATURE_SETTINGS if key in train.settings and key in test.settings
-             if train.settings[key] != test.settings[key]]
-    if diffs:
-        raise StoreError(f"feature stores {train.split_dir} and {test.split_dir} differ ({'; '.join(diffs)}): "
-                         "extract both with the same checkpoint and settings")
+    """Train and test must share the feature space: dim, encoder provenance (attrs) and the settings
+    that define it (byol.store.format FEATURE_ATTRS / FEATURE_SETTINGS); split, shard size, dtype may differ."""
+    check_compatible(train, test, ("dim", "encoder", "feature-settings"))
 
 
 def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -9,22 +9,34 @@ A training checkpoint (`last.pt`) is a plain dict of tensors and primitives:
     rng: {"torch": ByteTensor, "cuda": [ByteTensor, ...]},
     config: resolved config dict, versions: {"torch": ..., "torchvision": ..., "byol": ...}
 
-`encoder.pt` holds {"format": "byol-encoder", "state_dict": torchvision-named backbone weights,
-"network": name, "small_stem": bool, "feature_dim": int, "step": int, "config": dict, ...}.
-Reading goes through `byol.encoders.files.load_file` (`torch.load(..., weights_only=True)`).
+The encoder alone is three files, written in this order by `export_encoder`:
+
+    encoder.pt           a PLAIN state dict, torchvision key names, CPU tensors only:
+                         `torchvision.models.resnet18().load_state_dict(sd, strict=False)` misses
+                         only fc.* (a small-stem encoder fails on conv1.weight's shape: rebuild it
+                         with `byol.encoders.build.build_encoder(name, small_stem=True)`)
+    encoder.safetensors  the same tensors, readable without pickle (numpy, JAX, Rust, timm ...)
+    encoder.json         network, small_stem, feature_dim, image_size, normalisation, step,
+                         config, versions, and the SHA-256 of both weight files
+
+Before version 2, encoder.pt was {"format": "byol-encoder", "state_dict": ..., "network", ...};
+such files still load everywhere. Reading goes through `byol.encoders.files` (`load_encoder`,
+`torch.load(..., weights_only=True)`).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import torchvision
+from safetensors.torch import save_file
 
 from byol import __version__
-from byol.atomic import atomic_path
+from byol.atomic import atomic_path, atomic_write_text, file_sha256
 from byol.config import Config, ConfigError, load_config, small_stem_for, to_dict
-from byol.encoders.build import FEATURE_DIMS
-from byol.encoders.files import load_file
+from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from byol.encoders.files import ENCODER_FORMAT, load_file, metadata_path
 from byol.errors import CheckpointError
 
 
@@ -83,12 +95,28 @@ def make_checkpoint(cfg, online, target, optimizer, scaler, step, steps_per_epoc
 
 
 def export_encoder(cfg: Config, online: OnlineNetwork, step: int, path: Path) -> Path:
-    """encoder.pt: the backbone alone, in torchvision key names (loads into resnetXX(), fc aside)."""
-    return atomic_save({
-        "format": "byol-encoder", "state_dict": online.encoder.state_dict(),
-        "network": cfg.network.name, "small_stem": small_stem_for(cfg),
-        "feature_dim": FEATURE_DIMS[cfg.network.name], "image_size": cfg.data_transforms.input_shape[0],
-        "step": step, "config": to_dict(cfg), "versions": library_versions()}, path)
+    """encoder.pt (plain torchvision-named state dict), encoder.safetensors, then encoder.json.
+
+    The json comes last and records both files' SHA-256: an export cut short leaves weights whose
+    digest no json matches, which readers refuse instead of pairing them with stale metadata.
+    """
+    path = Path(path)
+    # CPU and contiguous: loads on a machine without a GPU, and safetensors refuses channels_last strides
+    state = {k: v.detach().cpu().contiguous() for k, v in online.encoder.state_dict().items()}
+    atomic_save(state, path)
+    tensors_path = path.with_suffix(".safetensors")
+    with atomic_path(tensors_path) as tmp:
+        save_file(state, str(tmp), metadata={"format": ENCODER_FORMAT, "network": cfg.network.name,
+                                             "small_stem": str(small_stem_for(cfg)).lower(), "step": str(step)})
+    weights = {p.suffix.lstrip("."): {"file": p.name, "sha256": file_sha256(p), "bytes": p.stat().st_size}
+               for p in (path, tensors_path)}
+    meta = {"format": ENCODER_FORMAT, "version": 2, "network": cfg.network.name, "small_stem": small_stem_for(cfg),
+            "feature_dim": online.projector[0].in_features, "image_size": cfg.data_transforms.input_shape[0],
+            "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                              "formula": "(pixel / 255 - mean) / std, RGB"},
+            "step": step, "weights": weights, "config": to_dict(cfg), "versions": library_versions()}
+    atomic_write_text(metadata_path(path), json.dumps(meta, indent=2) + "\n")
+    return path
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:

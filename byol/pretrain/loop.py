@@ -1,4 +1,4 @@
-"""The BYOL pretraining loop: one readable function from config to checkpoints.
+"""The BYOL pretraining loop: a prepared run (setup.py) stepped from its start step to the end.
 
     uint8 batch [B,3,H,W] -> device -> two augmented views [B,3,S,S] (per-sample, on the device)
     -> online(both views) / target(both views) -> symmetric loss -> SGD/LARS/Adam step -> EMA
@@ -6,61 +6,172 @@
 Exact resumption: the data order is a pure function of (seed, epoch), augmentation randomness of
 (seed, step, rank), and the LR/EMA schedules of the step, so `--resume` from step k replays the
 same batches and views an uninterrupted run would have seen.
+
+Host syncs: a step never waits for the device. Its loss goes into a device buffer (`LossWindow`);
+every `trainer.log_every` steps, and before every checkpoint, one all-reduce brings those losses
+and every rank's stop request to the host. There a non-finite loss stops training (naming the step
+where it first appeared) before any checkpoint could hold it, and a SIGINT/SIGTERM/SIGUSR1 that
+reached any rank stops every rank at that same step, after writing a checkpoint. A stop therefore
+takes effect up to log_every steps after the signal.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from byol import distributed as dist_utils
-from byol.config import Config, ConfigError, save_config, small_stem_for
-from byol.data import build_dataset
-from byol.data.augment import BYOLViews
-from byol.encoders.files import encoder_state_from, load_file
+from byol.config import Config
 from byol.errors import Interrupted, TrainingError
-from byol.pretrain.checkpoint import atomic_save, export_encoder, find_pretrained, load_training_checkpoint, make_checkpoint
-from byol.pretrain.metrics import MetricsLog
+from byol.pretrain.checkpoint import export_encoder
+from byol.pretrain.model import byol_loss, collapse_indicator
 from byol.pretrain.monitor import knn_top1
-from byol.pretrain.model import OnlineNetwork, TargetNetwork, byol_loss, collapse_indicator
-from byol.pretrain.optim import build_optimizer, ema_rate_at, learning_rate_at, set_learning_rate
+from byol.pretrain.optim import ema_rate_at, learning_rate_at, set_learning_rate
+from byol.pretrain.setup import Run, build_networks, prepare_run, resolve_precision
+from byol.stopping import StopSignals, iterate, signal_name
+
+__all__ = ["train", "build_networks", "resolve_precision", "ranks_agree"]
 
 log = logging.getLogger("byol")
 
 
-def resolve_precision(preference: str, device: torch.device) -> str:
-    """'auto' -> bf16 where the hardware runs it natively (no scaler needed), else fp32/fp16."""
-    if preference == "fp16" and device.type != "cuda":
-        raise ConfigError("config key 'trainer.precision': fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
-    if preference != "auto":
-        return preference
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bf16" if native_bf16 else "fp32"
+def train(cfg: Config, resume: str | Path | None = None) -> dict:
+    """Pretrain (or resume) as `cfg` says. Returns a summary dict; writes RUN_DIR/{config.yaml,
+    metrics.jsonl, checkpoints/last.pt, encoder.pt}. Raises Interrupted after a stop signal."""
+    ctx = dist_utils.setup(cfg.trainer.device)
+    try:
+        with StopSignals() as stop:
+            run = prepare_run(cfg, ctx, Path(resume) if resume else None)
+            try:
+                return run_steps(run, stop)
+            finally:
+                run.metrics.close()
+    finally:
+        dist_utils.teardown()
 
 
-def build_networks(cfg: Config) -> tuple[OnlineNetwork, TargetNetwork | None]:
-    net = cfg.network
-    online = OnlineNetwork(net.name, small_stem_for(cfg), net.projection_head.mlp_hidden_size,
-                           net.projection_head.projection_size, net.predictor_head.mlp_hidden_size)
-    if net.fine_tune_from:
-        path = find_pretrained(net.fine_tune_from)
-        state, _ = encoder_state_from(load_file(path), path)
-        missing, unexpected = online.encoder.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ConfigError(f"config key 'network.fine_tune_from': '{net.fine_tune_from}' does not fit "
-                              f"{net.name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    target = TargetNetwork(online) if cfg.trainer.use_momentum else None
-    return online, target
+def run_steps(run: Run, stop: StopSignals) -> dict:
+    t, spe, total, ctx = run.cfg.trainer, run.steps_per_epoch, run.total_steps, run.ctx
+    step, losses = run.start_step, LossWindow(t.log_every, ctx.device)
+    log.info("training %s on %s (%d images), %d steps of %d x %d, %s, %s", run.cfg.network.name,
+             run.cfg.data.name, run.n_images, total, t.batch_size, ctx.world_size, ctx.device, run.precision)
+    t_start, last_knn = time.perf_counter(), None
+    while step < total:
+        epoch, skip = divmod(step, spe)
+        run.sampler.set_epoch(epoch, skip_batches=skip)
+        bar = tqdm(total=spe, initial=skip, desc=f"epoch {epoch + 1}",
+                   disable=not (ctx.is_main and t.progress), dynamic_ncols=True, leave=False)
+        t_row, n_row = time.perf_counter(), 0
+        for images, _ in iterate(run.loader):
+            lr, tau, z = train_step(run, images, step, losses)
+            step += 1
+            n_row += images.shape[0] * ctx.world_size
+            bar.update(1)
+            row_due = step % t.log_every == 0 or step == total
+            if not (row_due or step % t.checkpoint_interval == 0 or step % spe == 0):
+                continue                                    # no sync: the device runs ahead
+            stop_signum = losses.sync(step, stop.signum, run)
+            if row_due:
+                now = time.perf_counter()
+                loss = losses.row_mean()
+                run.metrics.write({"step": step, "epoch": step / spe, "loss": loss, "lr": lr, "tau": tau,
+                                   "img_per_s": n_row / (now - t_row), "collapse_std": collapse_indicator(z),
+                                   "elapsed_s": now - t_start})
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.4g}", tau=f"{tau:.4f}",
+                                img_s=f"{n_row / (now - t_row):.1f}")
+                t_row, n_row = now, 0
+            if stop_signum:
+                bar.close()
+                path = run.save(step)
+                raise Interrupted(f"interrupted at step {step} ({signal_name(stop_signum)}); checkpoint "
+                                  f"written to {path}. Continue with: python main.py --resume {run.run_dir}",
+                                  stop_signum, step, path)
+            if step % t.checkpoint_interval == 0:
+                run.save(step)
+            if step >= total:
+                break
+        bar.close()
+        if step % spe == 0 or step >= total:     # epoch end
+            run.save(step)
+            epoch_done = math.ceil(step / spe)
+            if run.knn_sets is not None and (epoch_done % t.knn_every == 0 or step >= total):
+                last_knn = knn_top1(run.online.encoder, *run.knn_sets, run.image_size, ctx.device, k=t.knn_k,
+                                    autocast=run.autocast)
+                run.metrics.write({"step": step, "epoch": epoch_done, "knn_top1": last_knn})
+                log.info("epoch %d: kNN top-1 %.2f%%", epoch_done, last_knn)
+    return finish(run, step, losses.last, last_knn, t_start)
+
+
+def train_step(run: Run, images: torch.Tensor, step: int, losses: "LossWindow"):
+    """One optimisation step on uint8 images [B, 3, H, W], queued on the device without waiting for
+    it. Returns (lr, tau, projections z [2B, P])."""
+    t = run.cfg.trainer
+    images = images.to(run.ctx.device, non_blocking=True)
+    gen = torch.Generator().manual_seed((t.seed * 1_000_003 + step) * 4096 + run.ctx.rank)
+    view1, view2 = (v.contiguous(memory_format=run.memory_format) for v in run.augment(images, gen))
+    lr = learning_rate_at(step, run.total_steps, run.warmup_steps, run.base_lr, run.cfg.optimizer.lr_schedule)
+    tau = ema_rate_at(step, run.total_steps, t.m, t.m_schedule)
+    set_learning_rate(run.optimizer, lr)
+    with run.autocast:
+        loss, z = byol_loss(run.model, run.target, view1, view2)
+    losses.add(loss, step)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()       # scale/step/update pass straight through unless fp16
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if run.target is not None:
+        run.target.update(run.online, tau)
+    return lr, tau, z
+
+
+class LossWindow:
+    """Step losses held on the device between syncs (at most `capacity` of them), then on the host."""
+
+    def __init__(self, capacity: int, device: torch.device):
+        self.values = torch.zeros(capacity + 1, device=device)   # [losses ..., stop request]
+        self.n, self.first_step = 0, 0
+        self.since_row: list[float] = []                        # synced losses not yet in a metrics row
+        self.last = float("nan")
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        if self.n == 0:
+            self.first_step = step
+        self.values[self.n] = loss.detach()                     # a device copy: no sync
+        self.n += 1
+
+    def sync(self, step: int, signum: int, run: Run) -> int:
+        """The one host sync: rank-mean losses since the last sync and any rank's stop request.
+        Returns the stop signal agreed by all ranks (0 = go on); raises TrainingError if a loss
+        was not finite (on every rank alike: the mean carries it)."""
+        self.values[self.n] = float(signum)
+        shared = dist_utils.all_reduce_mean(self.values[:self.n + 1]).tolist()
+        losses, requested = shared[:-1], shared[-1] > 0
+        self.n = 0
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None:
+            at = self.first_step + bad
+            raise TrainingError(
+                f"loss became {losses[bad]} at step {at} (epoch {at // run.steps_per_epoch + 1}; seen at "
+                f"the check after step {step}, made every trainer.log_every steps); stopped. The last good "
+                f"checkpoint {run.checkpoint} is kept. Lower optimizer.params.lr, add "
+                f"optimizer.warmup_epochs, or use trainer.precision=fp32, then --resume {run.run_dir}")
+        self.since_row += losses
+        self.last = losses[-1] if losses else self.last
+        if not requested:
+            return 0
+        if run.ctx.distributed:   # which signal: the same on every rank, so all exit alike
+            return int(dist_utils.all_reduce_max(torch.tensor([signum], device=run.ctx.device)).item())
+        return signum
+
+    def row_mean(self) -> float:
+        """Mean loss over the steps since the previous metrics row."""
+        mean = sum(self.since_row) / max(1, len(self.since_row))
+        self.since_row = []
+        return mean
 
 
 def ranks_agree(online: torch.nn.Module) -> bool:
@@ -72,178 +183,16 @@ def ranks_agree(online: torch.nn.Module) -> bool:
     return all(torch.allclose(g, gathered[0], rtol=1e-9, atol=0) for g in gathered)
 
 
-def train(cfg: Config, resume: str | Path | None = None) -> dict:
-    """Pretrain (or resume) as `cfg` says. Returns a summary dict; writes RUN_DIR/{config.yaml,
-    metrics.jsonl, checkpoints/last.pt, encoder.pt}."""
-    ctx = dist_utils.setup(cfg.trainer.device)
-    try:
-        return _train(cfg, ctx, Path(resume) if resume else None)
-    finally:
-        dist_utils.teardown()
-
-
-def _train(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> dict:
-    t = cfg.trainer
-    run_dir = resume if resume is not None else Path(t.run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    device, precision = ctx.device, resolve_precision(t.precision, ctx.device)
-    size = cfg.data_transforms.input_shape[0]
-    torch.manual_seed(t.seed)   # same initial weights on every rank
-
-    dataset = build_dataset(cfg.data, size)
-    global_batch = t.batch_size * ctx.world_size
-    if len(dataset) < global_batch:
-        raise ConfigError(f"config key 'trainer.batch_size': the {cfg.data.name} split '{cfg.data.split}' "
-                          f"has {len(dataset)} images, fewer than one global batch of {global_batch}; "
-                          f"lower trainer.batch_size")
-    sampler = dist_utils.ResumableSampler(len(dataset), ctx.rank, ctx.world_size, t.batch_size, t.seed)
-    steps_per_epoch = sampler.batches_per_epoch()
-    total_steps = t.max_steps or t.max_epochs * steps_per_epoch
-    loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=t.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
-
-    online, target = build_networks(cfg)
-    if ctx.distributed and device.type == "cuda":
-        online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(online)   # BN over the global batch
-        target = TargetNetwork(online) if target is not None else None
-    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    online.to(device, memory_format=memory_format)
-    if target is not None:
-        target.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(cfg.optimizer, [online], global_batch)
-    base_lr = optimizer.param_groups[0]["lr"]
-    warmup_steps = round(cfg.optimizer.warmup_epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-    step = 0
-    if resume is not None and ctx.is_main:
-        for stale in ckpt_dir.glob(".*.tmp-*"):    # a checkpoint write cut short by a kill
-            log.info("removing %s, left by an interrupted checkpoint write", stale)
-            stale.unlink(missing_ok=True)
-    if resume is not None and not (ckpt_dir / "last.pt").exists():
-        log.info("%s has no checkpoint yet (stopped before the first one): starting it from step 0", run_dir)
-    elif resume is not None:
-        state = load_training_checkpoint(ckpt_dir / "last.pt")
-        online.load_state_dict(state["online"])
-        if target is not None:
-            target.load_state_dict(state["target"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        step = state["step"]
-        log.info("resumed %s at step %d of %d", ckpt_dir / "last.pt", step, total_steps)
-    model = DistributedDataParallel(online, device_ids=[device] if device.type == "cuda" else None) \
-        if ctx.distributed else online
-    augment = BYOLViews(size, s=cfg.data_transforms.s, min_scale=cfg.data_transforms.min_scale).to(device)
-
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    metrics = MetricsLog(run_dir, ctx.is_main, t.tensorboard, resumed_step=step)
-    knn_sets = None
-    if t.knn_every > 0 and ctx.is_main:
-        knn_sets = (build_dataset(cfg.data, size, cfg.data.knn_train_split),
-                    build_dataset(cfg.data, size, cfg.data.eval_split))
-
-    def save(tag: str = "last") -> Path:
-        path = ckpt_dir / f"{tag}.pt"
-        if ctx.is_main:
-            atomic_save(make_checkpoint(cfg, online, target, optimizer, scaler, step,
-                                                steps_per_epoch), path)
-        dist_utils.barrier()
-        return path
-
-    stop = {"signal": 0}
-    previous = {}
-    def on_signal(signum, frame):      # finish the step in flight, checkpoint, then stop
-        stop["signal"] = signum
-    for s in (signal.SIGINT, signal.SIGTERM):
-        previous[s] = signal.signal(s, on_signal)
-
-    log.info("training %s on %s (%d images), %d steps of %d x %d, %s, %s", cfg.network.name,
-             cfg.data.name, len(dataset), total_steps, t.batch_size, ctx.world_size, device, precision)
-    t_start, loss_value, last_knn = time.perf_counter(), float("nan"), None
-    try:
-        while step < total_steps:
-            epoch, skip = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch, skip_batches=skip)
-            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}",
-                       disable=not (ctx.is_main and t.progress), dynamic_ncols=True, leave=False)
-            t_log, n_log = time.perf_counter(), 0
-            for images, _ in loader:
-                images = images.to(device, non_blocking=True)
-                gen = torch.Generator().manual_seed((t.seed * 1_000_003 + step) * 4096 + ctx.rank)
-                view1, view2 = (v.contiguous(memory_format=memory_format) for v in augment(images, gen))
-                lr = learning_rate_at(step, total_steps, warmup_steps, base_lr, cfg.optimizer.lr_schedule)
-                tau = ema_rate_at(step, total_steps, t.m, t.m_schedule)
-                set_learning_rate(optimizer, lr)
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                    enabled=autocast_dtype is not None):
-                    loss, z = byol_loss(model, target, view1, view2)
-                # one all-reduce carries the mean loss and any rank's stop request
-                shared = dist_utils.all_reduce_mean(torch.stack([loss.detach().float(),
-                                                                 torch.tensor(float(stop["signal"]), device=device)]))
-                loss_value, stop_requested = shared[0].item(), shared[1].item() > 0
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss became {loss_value} at step {step} (epoch {epoch + 1}); stopped. The last good "
-                        f"checkpoint {ckpt_dir / 'last.pt'} is kept. Lower optimizer.params.lr, add "
-                        f"optimizer.warmup_epochs, or use trainer.precision=fp32, then --resume {run_dir}")
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                if target is not None:
-                    target.update(online, tau)
-                step += 1
-                n_log += images.shape[0] * ctx.world_size
-                bar.update(1)
-                if step % t.log_every == 0 or step == total_steps:
-                    now = time.perf_counter()
-                    row = {"step": step, "epoch": step / steps_per_epoch,
-                           "loss": loss_value, "lr": lr, "tau": tau, "img_per_s": n_log / (now - t_log),
-                           "collapse_std": collapse_indicator(z), "elapsed_s": now - t_start}
-                    metrics.write(row)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", tau=f"{tau:.4f}",
-                                    img_s=f"{row['img_per_s']:.1f}")
-                    t_log, n_log = now, 0
-                if stop_requested:
-                    bar.close()
-                    raise Interrupted(step, save())
-                if step % t.checkpoint_interval == 0:
-                    save()
-                if step >= total_steps:
-                    break
-            bar.close()
-            if step % steps_per_epoch == 0 or step >= total_steps:     # epoch end
-                save()
-                epoch_done = math.ceil(step / steps_per_epoch)
-                if knn_sets is not None and (epoch_done % t.knn_every == 0 or step >= total_steps):
-                    last_knn = knn_top1(online.encoder, *knn_sets, size, device, k=t.knn_k,
-                                        autocast_dtype=autocast_dtype)
-                    metrics.write({"step": step, "epoch": epoch_done, "knn_top1": last_knn})
-                    log.info("epoch %d: kNN top-1 %.2f%%", epoch_done, last_knn)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        metrics.close()
-
-    in_sync = ranks_agree(online) if ctx.distributed else True
-    encoder_path = run_dir / "encoder.pt"
-    if ctx.is_main:
-        export_encoder(cfg, online, step, encoder_path)
-    summary = {"run_dir": str(run_dir), "steps": step, "final_loss": loss_value,
-               "checkpoint": str(ckpt_dir / "last.pt"), "encoder": str(encoder_path),
-               "precision": precision, "device": str(device), "world_size": ctx.world_size,
-               "ranks_in_sync": in_sync,
-               "seconds": round(time.perf_counter() - t_start, 2)}
-    if last_knn is not None:
-        summary["knn_top1"] = last_knn
+def finish(run: Run, step: int, final_loss: float, knn: float | None, t_start: float) -> dict:
+    """Export encoder.pt (rank 0) and return the run's summary."""
+    in_sync = ranks_agree(run.online) if run.ctx.distributed else True
+    encoder_path = run.run_dir / "encoder.pt"
+    if run.ctx.is_main:
+        export_encoder(run.cfg, run.online, step, encoder_path)
+    summary = {"run_dir": str(run.run_dir), "steps": step, "final_loss": final_loss,
+               "checkpoint": str(run.checkpoint), "encoder": str(encoder_path),
+               "precision": run.precision, "device": str(run.ctx.device), "world_size": run.ctx.world_size,
+               "ranks_in_sync": in_sync, "seconds": round(time.perf_counter() - t_start, 2)}
+    if knn is not None:
+        summary["knn_top1"] = knn
     return summary

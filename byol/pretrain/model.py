@@ -1,8 +1,9 @@
 """The BYOL networks (Grill et al. 2020, Sec. 3.1): online encoder + projector + predictor, and an
 EMA target (encoder + projector) that receives no gradients.
 
-The encoder is a plain torchvision ResNet with `fc` replaced by identity, so its state dict uses
-torchvision's key names and `encoder.pt` loads into `torchvision.models.resnet18()` unchanged.
+The encoder is any network mapping images to features [N, D] (byol.encoders.build: a torchvision or
+timm model without its classifier), so its state dict keeps the library's key names and `encoder.pt`
+loads into e.g. `torchvision.models.resnet18()` (fc aside).
 The target is deliberately *not* a submodule of `OnlineNetwork`: under DDP only the online
 network is wrapped (the target is updated by EMA, identically on every rank, and never
 all-reduced).
@@ -15,7 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from byol.encoders.build import FEATURE_DIMS, build_encoder
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -27,10 +27,10 @@ def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 class OnlineNetwork(nn.Module):
     """encoder -> projector -> predictor. forward: views [N,3,H,W] -> (projections z, predictions p)."""
 
-    def __init__(self, name: str, small_stem: bool, hidden: int, proj_dim: int, pred_hidden: int):
+    def __init__(self, encoder: nn.Module, feature_dim: int, hidden: int, proj_dim: int, pred_hidden: int):
         super().__init__()
-        self.encoder = build_encoder(name, small_stem)
-        self.projector = mlp(FEATURE_DIMS[name], hidden, proj_dim)
+        self.encoder = encoder                       # images [N,3,H,W] -> features [N, feature_dim]
+        self.projector = mlp(feature_dim, hidden, proj_dim)
         self.predictor = mlp(proj_dim, pred_hidden or hidden, proj_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

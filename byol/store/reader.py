@@ -8,7 +8,8 @@ Every downstream tool (k-NN, linear probe, PCA, export) reads this. A split is a
         .lock                                  held (flock) by the process writing the split (byol/store/lock.py)
 
 Names and constants: `byol.store.format`. Writing: `byol.store.writer` (ShardWriter, write_manifest),
-`byol.store.sink` (in a background thread). Reading: `FeatureStore` below.
+`byol.store.sink` (in a background thread). Resuming an interrupted run: `byol.store.resume`.
+Reading: `FeatureStore` below.
 
 Each shard holds row-aligned datasets (N = rows in that shard, D = dim):
 
@@ -18,6 +19,8 @@ Each shard holds row-aligned datasets (N = rows in that shard, D = dim):
     paths       [N]    UTF-8 strings (optional)
 
 plus attributes: the provenance (`attrs`; dicts, lists and None as JSON strings) and `settings_json`.
+A shard may hold more row-aligned datasets (ShardWriter's `extra`, e.g. a head's outputs); this
+reader ignores them.
 
 manifest.json:
 
@@ -40,14 +43,14 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from byol.atomic import atomic_path
+from byol.atomic import atomic_path, file_sha256
 from byol.errors import StoreError
-from byol.store.format import ENCODER_KEYS, FIELDS, FORMAT, MANIFEST, VERSION, to_json
-from byol.atomic import file_sha256
+from byol.store.format import (FEATURE_ATTRS, FEATURE_SETTINGS, FIELDS, FORMAT, MANIFEST, SETTINGS_ATTR, VERSION,
+                               to_json)
 
 
 @contextlib.contextmanager
-def open_shard(path: Path, failure: str):
+def _open_shard(path: Path, failure: str):
     """Open a shard read-only; an OSError from h5py (incl. a fletcher32 mismatch) becomes a StoreError."""
     try:
         with h5py.File(path, "r") as f:
@@ -118,7 +121,7 @@ class FeatureStore:
         """Every shard's shapes, dtype and settings agree with the manifest (metadata only, cheap)."""
         with_paths = []
         for shard in self.shards:
-            with open_shard(self._path(shard), "not a readable HDF5 shard") as f:
+            with _open_shard(self._path(shard), "not a readable HDF5 shard") as f:
                 self._check_header(f, self._path(shard), shard["rows"])
                 with_paths.append("paths" in f)
         if any(with_paths) and not all(with_paths):
@@ -141,7 +144,7 @@ class FeatureStore:
         for name in ("embeddings", "labels", "indices", "paths"):
             if name in f and f[name].shape[0] != rows:
                 fail(f"{name} has {f[name].shape[0]} rows, {MANIFEST} says {rows}")
-        if "settings_json" in f.attrs and json.loads(f.attrs["settings_json"]) != self.settings:
+        if SETTINGS_ATTR in f.attrs and json.loads(f.attrs[SETTINGS_ATTR]) != self.settings:
             fail(f"written with other settings than {MANIFEST} (shards of two runs mixed)")
 
     def __len__(self) -> int:
@@ -171,16 +174,35 @@ class FeatureStore:
         """
         if block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        fields = self._check_fields(fields)
+        for shard in self.shards:
+            with _open_shard(self._path(shard), "checksum failure") as f:
+                for start in range(0, shard["rows"], block_rows):
+                    yield {name: _read_field_rows(f, name, start, start + block_rows, raw) for name in fields}
+
+    def read_block(self, shard_number: int, start: int, stop: int, fields=("embeddings", "labels"),
+                   raw: bool = False) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of shard `shard_number` (its position in `shards`) as {field: [n, ...]},
+        typed as iter_blocks yields them. For readers that plan their own block order (e.g. shuffled
+        SGD passes); a damaged shard raises StoreError naming it."""
+        fields = self._check_fields(fields)
+        if not 0 <= shard_number < len(self.shards):
+            raise IndexError(f"{self.split_dir}: no shard number {shard_number} (it has {len(self.shards)})")
+        rows = self.shards[shard_number]["rows"]
+        if not 0 <= start <= stop <= rows:
+            raise IndexError(f"{self.split_dir}: rows [{start}, {stop}) are outside shard {shard_number} "
+                             f"(0..{rows})")
+        with _open_shard(self._path(self.shards[shard_number]), "checksum failure") as f:
+            return {name: _read_field_rows(f, name, start, stop, raw) for name in fields}
+
+    def _check_fields(self, fields) -> tuple[str, ...]:
         fields = tuple(fields)
         unknown = [name for name in fields if name not in FIELDS]
         if unknown:
             raise ValueError(f"unknown field {unknown[0]!r}: choose from {FIELDS}")
         if "paths" in fields and not self.has_paths:
             raise StoreError(f"{self.split_dir}: this store has no paths: extract with paths to get them")
-        for shard in self.shards:
-            with open_shard(self._path(shard), "checksum failure") as f:
-                for start in range(0, shard["rows"], block_rows):
-                    yield {name: read_field_rows(f, name, start, start + block_rows, raw) for name in fields}
+        return fields
 
     def _column(self, name: str) -> np.ndarray:
         blocks = [block[name] for block in self.iter_blocks(65536, fields=(name,))]
@@ -234,12 +256,12 @@ class FeatureStore:
         with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
             for name, layout in layouts.items():
                 f.create_virtual_dataset(name, layout)
-            f.attrs["settings_json"] = to_json(self.settings, sort_keys=True)
+            f.attrs[SETTINGS_ATTR] = to_json(self.settings, sort_keys=True)
             f.attrs["attrs_json"] = to_json(self.attrs, sort_keys=True)
         return out
 
 
-def read_field_rows(f: h5py.File, name: str, start: int, stop: int, raw: bool) -> np.ndarray:
+def _read_field_rows(f: h5py.File, name: str, start: int, stop: int, raw: bool) -> np.ndarray:
     """Rows [start, stop) of one dataset: embeddings upcast to float32 unless raw, paths decoded to str."""
     if name == "paths":
         return f["paths"].asstr()[start:stop]
@@ -250,15 +272,19 @@ def read_field_rows(f: h5py.File, name: str, start: int, stop: int, raw: bool) -
 def check_compatible(a: FeatureStore, b: FeatureStore, what=("dim", "encoder")) -> None:
     """Refuse to combine stores (e.g. train and test features) that don't live in the same feature space.
 
-    `what` items: "dim", "dtype", "settings", "encoder" (the provenance keys in ENCODER_KEYS), or any
-    other attrs key. Provenance keys are compared only when both stores record them.
+    `what` items: "dim", "dtype", "settings" (the whole dict), "encoder" (the attrs keys in FEATURE_ATTRS),
+    "feature-settings" (the settings keys in FEATURE_SETTINGS, reported as settings.KEY), or any other
+    attrs key. Provenance and settings keys are compared only when both stores record them.
     """
     diffs = []
     for item in what:
         if item in ("dim", "dtype", "settings"):
             pairs = [(item, getattr(a, item), getattr(b, item))]
+        elif item == "feature-settings":
+            pairs = [(f"settings.{key}", a.settings[key], b.settings[key])
+                     for key in FEATURE_SETTINGS if key in a.settings and key in b.settings]
         else:
-            keys = ENCODER_KEYS if item == "encoder" else (item,)
+            keys = FEATURE_ATTRS if item == "encoder" else (item,)
             pairs = [(key, a.attrs[key], b.attrs[key]) for key in keys if key in a.attrs and key in b.attrs]
         diffs += [f"{key} {x!r} vs {y!r}" for key, x, y in pairs if x != y]
     if diffs:

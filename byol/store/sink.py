@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.store.writer import MAX_CHUNK_BYTES, ShardWriter
+from byol.store.format import chunk_rows
+from byol.store.writer import ShardWriter
 
 
 class ShardSink:
@@ -28,7 +29,7 @@ class ShardSink:
                  settings: dict, depth: int = 4):
         self.writer_args = dict(split_dir=split_dir, dim=dim, dtype=dtype, with_paths=with_paths,
                                 attrs=attrs, settings=settings)
-        self.chunk = max(1, min(1024, MAX_CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
+        self.chunk = chunk_rows(dim * np.dtype(dtype).itemsize)     # the writer's embeddings chunk rows
         self.entries: dict[int, dict] = {}
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(depth)

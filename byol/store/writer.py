@@ -15,12 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from byol.atomic import atomic_write_text, write_error
+from byol.atomic import atomic_write_text, file_sha256, write_error
 from byol.errors import StoreError
-from byol.atomic import file_sha256
-from byol.store.format import DTYPES, FORMAT, MANIFEST, VERSION, shard_name, to_json
-
-MAX_CHUNK_BYTES = 4 * 2**20     # largest HDF5 chunk: a read of a few rows stays cheap; extraction appends whole chunks
+from byol.store.format import DTYPES, FIELDS, FORMAT, MANIFEST, SETTINGS_ATTR, VERSION, chunk_rows, shard_name, to_json
 
 
 def _fsync(path: Path) -> None:
@@ -53,15 +50,25 @@ class ShardWriter:
 
     Readers therefore never see a half-written shard under its final name. After close(),
     `entry` holds the shard's manifest entry {"name", "rows", "sha256"}.
+
+    `extra` declares more row-aligned datasets beside the standard fields, {name: (width, dtype)}:
+    width w gives [N, w] rows, width None one value a row [N]; every append() then passes
+    `extra={name: values}` for each of them. FeatureStore reads only the standard fields; the extra
+    ones are there for h5py readers (e.g. a head's outputs, written by byol.latent_outputs).
     """
 
     def __init__(self, split_dir: str | Path, index: int, dim: int, dtype: str = "float32",
                  with_paths: bool = False, attrs: dict | None = None, chunk_rows: int = 1024,
-                 settings: dict | None = None):
+                 settings: dict | None = None, extra: dict[str, tuple[int | None, object]] | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if dim < 1 or chunk_rows < 1:
             raise ValueError(f"dim and chunk_rows must be >= 1, got {dim} and {chunk_rows}")
+        self.extra = {name: ((() if width is None else (int(width),)), np.dtype(kind))
+                      for name, (width, kind) in (extra or {}).items()}
+        clash = [name for name in self.extra if name in FIELDS]
+        if clash:
+            raise ValueError(f"extra dataset {clash[0]!r} would replace a standard field of the shard")
         self.split_dir = Path(split_dir)
         self.split_dir.mkdir(parents=True, exist_ok=True)
         self.name = shard_name(index)
@@ -76,7 +83,7 @@ class ShardWriter:
             self._create_datasets(chunk_rows)
             for key, value in (attrs or {}).items():
                 self._file.attrs[key] = _attr_value(value)
-            self._file.attrs["settings_json"] = to_json(settings or {}, sort_keys=True)
+            self._file.attrs[SETTINGS_ATTR] = to_json(settings or {}, sort_keys=True)
         except OSError as e:    # disk full, no permission: the earlier shards stay as they are
             self.abort()
             raise write_error(self.path, e) from e
@@ -84,11 +91,14 @@ class ShardWriter:
             self.abort()
             raise
 
-    def _create_datasets(self, chunk_rows: int) -> None:
-        """Empty, row-resizable, row-chunked datasets; a chunk stays <= 4 MB so reads of a few rows are cheap."""
-        rows = max(1, min(chunk_rows, MAX_CHUNK_BYTES // (self.dim * self.dtype.itemsize)))
+    def _create_datasets(self, limit: int) -> None:
+        """Empty, row-resizable, row-chunked datasets; a chunk stays <= 4 MB so reads of a few rows are cheap.
 
-        def create(name, row_shape, dtype, fletcher32=True):
+        The standard fields share the embeddings' chunk rows (extraction appends whole chunks of
+        those); each extra dataset is chunked by its own row size."""
+        rows = chunk_rows(self.dim * self.dtype.itemsize, limit)
+
+        def create(name, row_shape, dtype, rows=rows, fletcher32=True):
             self._file.create_dataset(name, shape=(0, *row_shape), maxshape=(None, *row_shape),
                                       chunks=(rows, *row_shape), dtype=dtype, fletcher32=fletcher32)
 
@@ -97,10 +107,13 @@ class ShardWriter:
         create("indices", (), np.int64)
         if self.with_paths:  # HDF5 refuses filters on variable-length data; the file SHA-256 covers it
             create("paths", (), h5py.string_dtype("utf-8"), fletcher32=False)
+        for name, (row_shape, dtype) in self.extra.items():
+            create(name, row_shape, dtype, rows=chunk_rows(int(np.prod(row_shape)) * dtype.itemsize, limit))
 
     def append(self, embeddings: np.ndarray, labels: np.ndarray, indices: np.ndarray,
-               paths: list[str] | None = None) -> None:
-        """Add n rows: embeddings [n, dim] (cast to the shard dtype), labels [n], indices [n], paths n strings."""
+               paths: list[str] | None = None, extra: dict[str, np.ndarray] | None = None) -> None:
+        """Add n rows: embeddings [n, dim] (cast to the shard dtype), labels [n], indices [n], paths n strings,
+        extra {name: [n, width] or [n]} for each dataset declared in the constructor (cast to its dtype)."""
         if self._file is None:
             raise ValueError(f"{self.tmp}: shard writer is already closed")
         embeddings = np.asarray(embeddings)
@@ -117,6 +130,14 @@ class ShardWriter:
         for name, values in columns.items():
             if values.shape[:1] != (n,) or (name != "embeddings" and values.ndim != 1):
                 raise ValueError(f"{name} must have shape [{n}], got {values.shape}")
+        extra = extra or {}
+        if set(extra) != set(self.extra):
+            raise ValueError(f"extra must hold exactly the declared datasets {sorted(self.extra)}, got {sorted(extra)}")
+        for name, (row_shape, dtype) in self.extra.items():
+            values = np.asarray(extra[name]).astype(dtype, copy=False)
+            if values.shape != (n, *row_shape):
+                raise ValueError(f"extra {name!r} must have shape {[n, *row_shape]}, got {list(values.shape)}")
+            columns[name] = values
         start, self.rows = self.rows, self.rows + n
         try:
             for name, values in columns.items():

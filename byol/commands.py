@@ -1,0 +1,63 @@
+"""The `byol` command: one name on the PATH, one subcommand per stage (like git), each the very
+same function as the script or module it mirrors.
+
+    byol train ...        = python main.py ...                          (byol.pretrain.command)
+    byol extract ...      = python -m byol.extract ...
+    byol eval ...         = python eval/load_and_train.py ...           (byol.evaluate.train_head)
+    byol baselines ...    = python eval/baselines.py ...                (byol.evaluate.baselines)
+    byol latent ...       = python latent_eval/generate_latent_out.py ...
+    byol export ...       = python -m byol.export ...
+    byol pipeline ...     = python -m byol.pipeline ...
+    byol report ...       = python -m byol.report ...
+
+One command rather than eight scripts: generic names such as `extract` or `report` would clash on
+users' PATHs, and `byol --help` lists every stage in one place. Subcommands are imported only when
+run, so `byol eval` never imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from byol import __version__
+
+# subcommand: (module, what it does)
+SUBCOMMANDS = {
+    "train": ("byol.pretrain.command", "pretrain an encoder with BYOL (main.py)"),
+    "extract": ("byol.extract", "embed a dataset split into an HDF5 feature store"),
+    "eval": ("byol.evaluate.train_head", "train and test an MLP or linear head on stored features"),
+    "baselines": ("byol.evaluate.baselines", "logistic regression, kNN, PCA baselines on stored features"),
+    "latent": ("byol.latent", "latent vectors for any images (store, .npy or .csv)"),
+    "export": ("byol.export", "export the encoder to TorchScript or ONNX"),
+    "pipeline": ("byol.pipeline", "train, extract, evaluate and report in one command"),
+    "report": ("byol.report", "report.md and plots from a run directory"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"usage: byol SUBCOMMAND [ARGS ...]   (byol {__version__})", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {what}" for name, (_, what) in SUBCOMMANDS.items()]
+    lines += ["", "byol SUBCOMMAND --help shows the subcommand's own options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        print(f"byol {__version__}")
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)} (byol --help)",
+              file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    module.main(rest, prog=f"byol {name}")
+
+
+if __name__ == "__main__":
+    main()
