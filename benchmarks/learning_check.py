@@ -1,23 +1,28 @@
-"""Does BYOL learn on real images here? Pretrain under a wall-clock budget, then compare its features
-with raw-pixel PCA baselines on the same train/test split.
+"""Does BYOL learn on real images here? Pretrain under a wall-clock budget (or a step count), then
+compare its features with an untrained network's and with raw pixels on the same train/test split.
 
     python benchmarks/learning_check.py --data ../shared/data/cifar10-jpg.tar --minutes 30
+    python benchmarks/learning_check.py --data ... --steps 160 --batch-size 128 --eval-subset 1000 \
+        --run-name tau90 trainer.m=0.9                    # rank a setting: fixed steps, quick probe set
     python benchmarks/learning_check.py --data /data/my-images --minutes 60 --image-size 32
-    python benchmarks/learning_check.py --data ... --minutes 30 optimizer.params.lr=0.1   # any config key
 
 --data: an image folder with train/ and test/ subfolders (one subfolder per class in each), or a
-.tar of one (extracted once into --workdir). Steps: (1) a short probe measures images/s at these
-settings; (2) pretraining gets max_steps = minutes x images/s / batch, so the LR and EMA schedules
-run to completion inside the budget; (3) the encoder's 512-d features of train and test go to
-shards; (4) linear head and kNN on them, and on the untrained (same-seed) encoder's features: the
-control for what pretraining added; raw pixels at --pixel-size (the images' native size) with
-PCA (128 components) + logistic regression and PCA + kNN (k=10), as in the STL-10 table.
-Hyper-parameters are chosen on a validation split of train, never on test. The PCA rows do not
-depend on the pretraining settings: --no-pixel-baselines skips them when comparing settings.
+.tar of one (extracted once into --workdir). The run starts from --recipe (configs/short_cpu.yaml)
+plus the overrides. Steps: (1) with --minutes, a short probe measures images/s and pretraining gets
+max_steps = minutes x images/s / batch, so the LR and EMA schedules run to completion inside the
+budget (--steps N fixes the count instead: a ranking that does not depend on what else shares the
+CPU); (2) the encoder's features of train and test go to shards (--eval-subset N: N train and N/2
+test images per class, to rank settings quickly); (3) linear head and kNN on them, and on the
+untrained (same-seed) encoder's features at the same size: the control for what pretraining added;
+raw pixels with PCA (128 components) + logistic regression and PCA + kNN, at the views' size (like
+for like) and at the images' native size (--pixel-size). The margins use the strongest baseline of
+each kind. Hyper-parameters are chosen on a validation split of train, never on test. Untrained
+and pixel stores are kept in WORKDIR/baselines and reused by later rows.
 Prints the stages, then one JSON object as its last line.
 """
 import argparse
 import json
+import shutil
 import sys
 import tarfile
 import time
@@ -32,8 +37,9 @@ from byol.evaluate.options import Options  # noqa: E402
 from byol.evaluate.runner import run_baseline, run_head  # noqa: E402
 from byol.extract import extract  # noqa: E402
 from byol.store import FeatureStore  # noqa: E402
+from byol.pretrain.checkpoint import export_encoder  # noqa: E402
 from byol.pretrain.loop import build_networks, train  # noqa: E402
-from byol.pretrain.checkpoint import export_encoder
+from byol.pretrain.optim import base_ema_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,87 +68,144 @@ def random_init_encoder(cfg, path: Path) -> Path:
     return export_encoder(cfg, online, 0, path)
 
 
+def eval_subset(root: Path, per_class: int, workdir: Path) -> Path:
+    """A stratified probe set for ranking settings quickly: the first `per_class` train and
+    per_class // 2 test images of every class, as symbolic links (pretraining still reads all of
+    train/). Full-size evaluation is per_class=0."""
+    if per_class <= 0:
+        return root
+    target = workdir / f"subset{per_class}"
+    if not (target / ".done").exists():
+        for split, n in (("train", per_class), ("test", per_class // 2)):
+            for cls in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+                (target / split / cls.name).mkdir(parents=True, exist_ok=True)
+                for f in sorted(cls.iterdir())[:n]:
+                    link = target / split / cls.name / f.name
+                    if not link.exists():
+                        link.symlink_to(f)
+        (target / ".done").touch()
+    return target
+
+
+def baseline_dir(workdir: Path, cfg, kind: str) -> Path:
+    """Untrained-encoder and pixel stores depend only on the network, seed and size, not on the
+    pretraining settings: one copy per combination, reused by every row (extraction resumes)."""
+    net = cfg.network
+    key = f"{kind}-{net.name}-stem{int(bool(net.small_stem))}-seed{cfg.trainer.seed}"
+    return workdir / "baselines" / key
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--minutes", type=float, default=30.0, help="pretraining wall-clock budget")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/byol-learning-check"))
+    ap.add_argument("--steps", type=int, default=0, help="> 0: pretrain exactly this many steps (no probe): "
+                    "ranks settings by what they learn per step, whatever else shares the CPU")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/byol-learning-check"),
+                    help="holds the extracted images and the baselines' stores, shared by runs")
+    ap.add_argument("--run-name", default="run", help="the run's folder under WORKDIR/runs/ (a run "
+                    "whose checkpoint exists there is resumed)")
     ap.add_argument("--image-size", type=int, default=16,
                     help="pretraining/embedding size (16: ~3x the images/s of 32 on a 2-core CPU)")
-    ap.add_argument("--pixel-size", type=int, default=32, help="size of the raw-pixel baselines' images "
-                    "(their native size: CIFAR-10 is 32)")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--pixel-size", type=int, default=32, help="native size of the images: the raw-pixel "
+                    "baselines run at it as well as at --image-size (CIFAR-10 is 32)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the recipe's trainer.batch_size")
     ap.add_argument("--probe-steps", type=int, default=8)
     ap.add_argument("--random-init-baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="also score the untrained encoder (linear and kNN), the control for what "
                          "pretraining added")
     ap.add_argument("--pixel-baselines", action=argparse.BooleanOptionalAction, default=True,
                     help="--no-pixel-baselines skips the PCA rows (they do not depend on the pretraining "
-                         "settings: run them once, then compare settings faster)")
-    ap.add_argument("overrides", nargs="*", help="section.key=value, on top of the settings below")
+                         "settings; once computed they are reused from WORKDIR/baselines anyway)")
+    ap.add_argument("--eval-subset", type=int, default=0, metavar="N", help="> 0: evaluate every row on N "
+                    "train and N/2 test images per class (a quick probe to rank settings; pretraining still "
+                    "reads all of train/); 0: the full splits")
+    ap.add_argument("--recipe", default=str(ROOT / "configs" / "short_cpu.yaml"),
+                    help="config file the run starts from (default: the short-budget recipe)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value, on top of the recipe")
     args = ap.parse_args()
     root = dataset_root(args.data.resolve(), args.workdir)
     s = args.image_size
     settings = ["data.name=folder", f"data.root={root}", "data.split=train", "data.knn_train_split=train",
                 "data.eval_split=test", "data.download=false", f"data_transforms.input_shape=({s},{s},3)",
-                "data_transforms.min_scale=0.2", "network.small_stem=true", f"trainer.batch_size={args.batch_size}",
-                "trainer.num_workers=1", "trainer.m=0.99", "trainer.knn_every=0", "trainer.tensorboard=false",
-                "trainer.checkpoint_interval=500", "optimizer.params.lr=0.2", "optimizer.warmup_epochs=0.5",
-                *args.overrides]
+                *([f"trainer.batch_size={args.batch_size}"] if args.batch_size else []), "trainer.knn_every=0", "trainer.tensorboard=false",
+                "trainer.checkpoint_interval=500", *args.overrides]
+    recipe = Path(args.recipe)
+    eval_root = eval_subset(root, args.eval_subset, args.workdir)
+    eval_settings = settings + [f"data.root={eval_root}"]
     started = time.perf_counter()
+    run_dir = args.workdir / "runs" / args.run_name
 
-    probe = load_config(ROOT / "config.yaml", settings + [f"trainer.run_dir={args.workdir / 'probe'}",
-                                                            f"trainer.max_steps={args.probe_steps}",
-                                                            "trainer.log_every=1", "trainer.progress=false"])
-    train(probe)
-    rows = [json.loads(line) for line in (args.workdir / "probe" / "metrics.jsonl").read_text().splitlines()]
-    rate = sorted(r["img_per_s"] for r in rows[2:] if "img_per_s" in r)   # skip warm-up steps
-    img_per_s = rate[len(rate) // 2]
-    steps = max(1, int(args.minutes * 60 * img_per_s / args.batch_size))
-    print(f"probe: {img_per_s:.1f} img/s -> {steps} steps of {args.batch_size} in {args.minutes} min", flush=True)
+    if args.steps > 0:
+        steps, img_per_s = args.steps, None
+    else:
+        probe_dir = args.workdir / "probe"
+        shutil.rmtree(probe_dir, ignore_errors=True)
+        probe = load_config(recipe, settings + [f"trainer.run_dir={probe_dir}", f"trainer.max_steps={args.probe_steps}",
+                                                "trainer.log_every=1", "trainer.progress=false"])
+        train(probe)
+        rows = [json.loads(line) for line in (probe_dir / "metrics.jsonl").read_text().splitlines()]
+        rate = sorted(r["img_per_s"] for r in rows[2:] if "img_per_s" in r)   # skip warm-up steps
+        img_per_s = rate[len(rate) // 2]
+        steps = max(1, int(args.minutes * 60 * img_per_s / probe.trainer.batch_size))
+        print(f"probe: {img_per_s:.1f} img/s -> {steps} steps of {probe.trainer.batch_size} in {args.minutes} min",
+              flush=True)
 
-    run_dir = args.workdir / "run"
-    cfg = load_config(ROOT / "config.yaml", settings + [f"trainer.run_dir={run_dir}", f"trainer.max_steps={steps}"])
+    cfg = load_config(recipe, settings + [f"trainer.run_dir={run_dir}", f"trainer.max_steps={steps}"])
     t = time.perf_counter()
     summary = train(cfg, resume=run_dir if (run_dir / "checkpoints" / "last.pt").exists() else None)
     pretrain_s = time.perf_counter() - t
 
     stores = {}
-    init_encoder = random_init_encoder(cfg, run_dir / "random_init_encoder.pt") if args.random_init_baseline else None
     for split in ("train", "test"):
-        stores[f"byol_{split}"] = extract(summary["encoder"], split, run_dir / "features", settings)["split_dir"]
-        if init_encoder is not None:
-            stores[f"init_{split}"] = extract(init_encoder, split, run_dir / "random_init_features",
-                                              settings)["split_dir"]
-        if args.pixel_baselines:
-            # raw pixels at the images' own size: the strongest pixel baseline, not a downsampled one
-            stores[f"pixels_{split}"] = extract("pixels", split, run_dir / "pixels",
-                                                settings + [f"data_transforms.input_shape=({args.pixel_size},{args.pixel_size},3)"],
-                                                config_file=ROOT / "config.yaml")["split_dir"]
-    opts = Options(results_dir=str(run_dir / "results"), overwrite=True)
-    results = {"linear": run_head("linear", stores["byol_train"], stores["byol_test"], opts),
-               "knn": run_baseline("knn", stores["byol_train"], stores["byol_test"], opts)}
-    if init_encoder is not None:
-        init_opts = Options(results_dir=str(run_dir / "random_init_results"), overwrite=True)
-        results["random_init_linear"] = run_head("linear", stores["init_train"], stores["init_test"], init_opts)
-        results["random_init_knn"] = run_baseline("knn", stores["init_train"], stores["init_test"], init_opts)
-    if args.pixel_baselines:
-        results["pca_logreg"] = run_baseline("pca-logreg", stores["pixels_train"], stores["pixels_test"], opts)
-        results["pca_knn"] = run_baseline("pca-knn", stores["pixels_train"], stores["pixels_test"], opts)
-    out = {f"{k}_top1": round(r["top1"], 2) for k, r in results.items()}
-    best_byol = max(out["knn_top1"], out["linear_top1"])
-    if init_encoder is not None:
-        out["margin_over_random_init"] = round(best_byol - max(out["random_init_linear_top1"],
-                                                               out["random_init_knn_top1"]), 2)
-    if args.pixel_baselines:
-        best_pixels = max(out["pca_logreg_top1"], out["pca_knn_top1"])
-        out.update(margin_points=round(best_byol - best_pixels, 2), target_met=best_byol - best_pixels >= 10)
+        stores[f"byol_{split}"] = extract(summary["encoder"], split, run_dir / "features", eval_settings,
+                                          progress=False)["split_dir"]
+    if args.random_init_baseline:
+        init_dir = baseline_dir(args.workdir, cfg, f"untrained{s}")
+        init_encoder = init_dir / "encoder.pt"
+        if not (init_dir / "encoder.json").exists():
+            random_init_encoder(cfg, init_encoder)
+        for split in ("train", "test"):
+            stores[f"init_{split}"] = extract(init_encoder, split, init_dir / f"features{args.eval_subset}", eval_settings,
+                                              progress=False)["split_dir"]
+    pixel_sizes = sorted({s, args.pixel_size}) if args.pixel_baselines else []
+    for size in pixel_sizes:
+        # raw pixels at the views' size (like for like) and at the images' own size (the strongest)
+        for split in ("train", "test"):
+            stores[f"pixels{size}_{split}"] = extract(
+                "pixels", split, args.workdir / "baselines" / f"pixels{size}-subset{args.eval_subset}",
+                eval_settings + [f"data_transforms.input_shape=({size},{size},3)"], config_file=recipe,
+                progress=False)["split_dir"]
+
+    def scored(name: str, train_store: str, test_store: str, results: Path) -> None:
+        opts = Options(results_dir=str(results), overwrite=True)
+        out[f"{name}linear_top1"] = round(run_head("linear", train_store, test_store, opts)["top1"], 2)
+        out[f"{name}knn_top1"] = round(run_baseline("knn", train_store, test_store, opts)["top1"], 2)
+
+    out: dict = {"eval_images": {"train": len(FeatureStore.open(stores["byol_train"])),
+                                 "test": len(FeatureStore.open(stores["byol_test"]))}}
+    scored("", stores["byol_train"], stores["byol_test"], run_dir / "results")
+    best_byol = max(out["linear_top1"], out["knn_top1"])
+    if args.random_init_baseline:
+        scored("random_init_", stores["init_train"], stores["init_test"], run_dir / "random_init_results")
+        untrained = max(out["random_init_linear_top1"], out["random_init_knn_top1"])
+        out["margin_over_random_init"] = round(best_byol - untrained, 2)
+    for size in pixel_sizes:
+        opts = Options(results_dir=str(run_dir / f"pixel{size}_results"), overwrite=True)
+        for method in ("pca-logreg", "pca-knn"):
+            result = run_baseline(method, stores[f"pixels{size}_train"], stores[f"pixels{size}_test"], opts)
+            out[f"pixels{size}_{method.replace('-', '_')}_top1"] = round(result["top1"], 2)
+    if pixel_sizes:
+        best_name, best_pixels = max(((k, v) for k, v in out.items() if k.startswith("pixels")), key=lambda kv: kv[1])
+        out.update(best_pixel_baseline=best_name, margin_over_pixels=round(best_byol - best_pixels, 2))
+    if args.random_init_baseline and pixel_sizes:
+        out["target_met"] = out["margin_over_pixels"] >= 8 and out["margin_over_random_init"] >= 10
     out.update(pretrain_minutes=round(pretrain_s / 60, 1), steps=summary["steps"],
-               epochs=round(summary["steps"] * args.batch_size / len(FeatureStore.open(stores["byol_train"])), 2),
-               probe_img_per_s=round(img_per_s, 1), image_size=s, batch_size=args.batch_size,
+               epochs=round(summary["steps"] * cfg.trainer.batch_size / summary["images"], 2),
+               probe_img_per_s=round(img_per_s, 1) if img_per_s else None, image_size=s, batch_size=cfg.trainer.batch_size, base_tau=round(base_ema_rate(cfg.trainer.m, steps), 4),
                precision=summary["precision"], total_minutes=round((time.perf_counter() - started) / 60, 1),
-               overrides=args.overrides)
-    print(json.dumps(out))
+               recipe=recipe.name, overrides=args.overrides)
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

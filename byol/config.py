@@ -66,12 +66,16 @@ class DataTransforms:
     s: float = 1.0                              # colour-jitter strength (SimCLR's s)
     input_shape: tuple[int, int, int] = (96, 96, 3)   # H, W, C of the views fed to the encoder
     min_scale: float = 0.08                     # random-resized-crop lower scale bound (Table 6)
+    blur: bool | None = None                    # Gaussian blur (Table 6); None: auto, off for views <= 32 px
+    local_crops: int = 0                        # multi-crop: extra small views per image, online network only
+    local_size: int = 0                         # their side in px; 0: 3/7 of the view side (DINO's 96 for 224)
+    local_scale: tuple[float, float] = (0.05, 0.3)   # their random-resized-crop area range
 
 
 @dataclass
 class Trainer:
     batch_size: int = 64             # per process; global batch = batch_size * world size
-    m: float = 0.996                 # base EMA rate tau_base (Sec. 3.2)
+    m: float | str = 0.996           # base EMA rate tau_base (Sec. 3.2), or auto: from the planned steps
     m_schedule: str = "cosine"       # cosine: tau goes tau_base -> 1 over training | constant
     use_momentum: bool = True        # false: target = online (stop-grad), i.e. SimSiam
     checkpoint_interval: int = 5000  # steps between checkpoints (plus one at each epoch end)
@@ -139,6 +143,11 @@ def _coerce(key: str, value, annotation):
             return None
         if isinstance(value, str) and value.lower() in ("none", "null", "~") and type(None) in args:
             return None
+        if float in args and str in args:   # a number, or a word such as "auto" (validate() checks it)
+            try:
+                return _coerce(key, value, float)
+            except ConfigError:
+                return _coerce(key, value, str)
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
     if origin is tuple:
@@ -276,8 +285,17 @@ def validate(cfg: Config) -> Config:
         if value < low:
             raise ConfigError(f"config key '{key}': must be >= {low}, got {value}"
                               + (" (BatchNorm needs at least 2 samples per batch)" if key == "trainer.batch_size" else ""))
-    if not 0.0 <= cfg.trainer.m <= 1.0:
+    if isinstance(cfg.trainer.m, str):
+        if cfg.trainer.m != "auto":
+            raise ConfigError(f"config key 'trainer.m': expected a number in [0, 1] or auto, got {cfg.trainer.m!r}")
+    elif not 0.0 <= cfg.trainer.m <= 1.0:
         raise ConfigError(f"config key 'trainer.m': EMA rate must be in [0, 1], got {cfg.trainer.m}")
+    tf = cfg.data_transforms
+    if tf.local_crops < 0 or tf.local_size < 0:
+        raise ConfigError("config keys 'data_transforms.local_crops' and 'data_transforms.local_size' must be >= 0")
+    if tf.local_crops and not 0.0 < tf.local_scale[0] < tf.local_scale[1] <= 1.0:
+        raise ConfigError(f"config key 'data_transforms.local_scale': expected (low, high) with "
+                          f"0 < low < high <= 1, got {tf.local_scale}")
     if not 0.0 < cfg.data_transforms.min_scale <= 1.0:
         raise ConfigError(f"config key 'data_transforms.min_scale': must be in (0, 1], got {cfg.data_transforms.min_scale}")
     if cfg.optimizer.params.lr <= 0:

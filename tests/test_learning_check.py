@@ -49,23 +49,29 @@ def folder(tmp_path_factory):
 
 def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path):
     out = run_check(folder, tmp_path / "work")
-    rows = ("linear", "knn", "random_init_linear", "random_init_knn", "pca_logreg", "pca_knn")
+    rows = ("linear", "knn", "random_init_linear", "random_init_knn", "pixels16_pca_logreg", "pixels16_pca_knn",
+            "pixels32_pca_logreg", "pixels32_pca_knn")
     for row in rows:
         assert 0.0 <= out[f"{row}_top1"] <= 100.0
-    # colour alone separates the classes: the pixel baseline must find it
-    assert out["pca_logreg_top1"] == 100.0
+    # colour alone separates the classes: the pixel baselines must find it, at either size
+    assert out["pixels16_pca_logreg_top1"] == out["pixels32_pca_logreg_top1"] == 100.0
     best_byol = max(out["linear_top1"], out["knn_top1"])
-    assert out["margin_points"] == round(best_byol - max(out["pca_logreg_top1"], out["pca_knn_top1"]), 2)
+    pixels = {k: v for k, v in out.items() if k.startswith("pixels")}
+    assert out["best_pixel_baseline"] == max(pixels, key=pixels.get)
+    assert out["margin_over_pixels"] == round(best_byol - max(pixels.values()), 2)
     assert out["margin_over_random_init"] == round(
         best_byol - max(out["random_init_linear_top1"], out["random_init_knn_top1"]), 2)
-    assert out["target_met"] is (out["margin_points"] >= 10)
+    assert out["target_met"] is (out["margin_over_pixels"] >= 8 and out["margin_over_random_init"] >= 10)
     assert out["steps"] >= 1 and out["batch_size"] == 8 and out["image_size"] == 16
+    assert out["recipe"] == "short_cpu.yaml" and out["base_tau"] == 0.99       # the recipe's m
+    assert out["eval_images"] == {"train": 2 * PER_CLASS, "test": 2 * PER_CLASS}
 
     # the control is the untrained network of the run's seed, as a plain torchvision ResNet-18
-    run = tmp_path / "work" / "run"
-    init = torch.load(run / "random_init_encoder.pt", weights_only=True)
+    run = tmp_path / "work" / "runs" / "run"
+    baseline = tmp_path / "work" / "baselines" / "untrained16-resnet18-stem1-seed0"
+    init = torch.load(baseline / "encoder.pt", weights_only=True)
     trained = torch.load(run / "encoder.pt", weights_only=True)
-    init_step = json.loads((run / "random_init_encoder.json").read_text())["step"]
+    init_step = json.loads((baseline / "encoder.json").read_text())["step"]
     trained_step = json.loads((run / "encoder.json").read_text())["step"]
     assert init_step == 0 and trained_step == out["steps"]
     assert not torch.equal(init["layer1.0.conv1.weight"],
@@ -82,10 +88,15 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path):
     resnet.fc = torch.nn.Identity()
     resnet.load_state_dict(init)
 
+    # a second row with a fixed step count and a probe subset reuses the baselines' stores
+    again = run_check(folder, tmp_path / "work", "--steps", "2", "--eval-subset", "8", "--run-name", "row2")
+    assert again["steps"] == 2 and again["eval_images"] == {"train": 16, "test": 8}
+    assert again["probe_img_per_s"] is None
+
 
 def test_learning_check_skips_the_rows_it_is_told_to(folder, tmp_path):
     out = run_check(folder, tmp_path / "work", "--no-pixel-baselines", "--no-random-init-baseline")
     assert {"linear_top1", "knn_top1"} <= out.keys()
-    assert not any(k.startswith(("pca_", "random_init_", "margin")) or k == "target_met" for k in out)
-    assert not (tmp_path / "work" / "run" / "pixels").exists()
-    assert not (tmp_path / "work" / "run" / "random_init_features").exists()
+    assert not any(k.startswith(("pixels", "random_init_", "margin", "best_pixel")) or k == "target_met"
+                   for k in out)
+    assert not (tmp_path / "work" / "baselines").exists()

@@ -166,10 +166,11 @@ def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_step(start, 
     proc.wait(timeout=120)
     text = (tmp_path / "err.txt").read_text()
     step = checkpoint(run)["step"]
-    reports = [line for line in text.splitlines() if line.startswith("interrupted at step")]
     expected = (f"interrupted at step {step} (SIGUSR1); checkpoint written to {run / 'checkpoints' / 'last.pt'}. "
                 f"Continue with: python main.py --resume {run}")
-    assert reports == [expected] * 2, text[-3000:]     # both ranks, the same step and signal
+    # both ranks, the same step and signal (counted, not split by line: the two ranks share stderr,
+    # and under load one rank's line can land before the other's newline)
+    assert text.count("interrupted at step") == 2 and text.count(expected) == 2, text[-3000:]
     assert 2 <= step < 600 and step % 2 == 0
     assert "exitcode  : 138" in text                  # torchrun's failure summary names the stopped rank's status
     assert group_gone(proc.pid)
@@ -212,10 +213,8 @@ runpy.run_module("byol.extract", run_name="__main__", alter_sys=True)
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("stop-encoder")
-    train(load_config(None, TINY + [f"trainer.run_dir={root / 'run'}", "trainer.max_steps=1"]))
-    return root / "run" / "encoder.pt"
+def encoder(trained_run) -> Path:
+    return trained_run / "encoder.pt"      # the session's 1-step run (TINY): read only
 
 
 def extract_args(encoder: Path, images: Path, out: Path) -> list[str]:

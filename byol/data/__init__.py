@@ -4,7 +4,8 @@ label -1 for unlabeled images, and has `classes`, `name` and an int64 `labels` a
     stl10.py         STL-10's official binary files, read record by record; download + MD5
     image_folder.py  a user's folder of images, decoded (any mode) to RGB uint8
     digits.py        scikit-learn's embedded 8x8 digits (the no-download demo)
-    augment.py       the paper's two views, batched on the training device, per-sample parameters
+    augment.py       the paper's two views (+ multi-crop), batched on the training device, per sample
+    crops.py         a folder's training crops, cut in the DataLoader workers from the whole image
     batches.py       reading rows [start, stop) ahead of the consumer (extraction, latent vectors)
 """
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from byol.data.crops import FolderCropViews
 from byol.data.digits import Digits
 from byol.data.image_folder import ImageFolder
 from byol.data.stl10 import STL10
 from byol.errors import DataError
 
-__all__ = ["Digits", "ImageFolder", "STL10", "build_dataset", "dataset_labels"]
+__all__ = ["Digits", "FolderCropViews", "ImageFolder", "STL10", "build_dataset", "build_training_dataset",
+           "dataset_labels"]
 
 
 def build_dataset(data_cfg, image_size: int, split: str | None = None) -> Dataset:
@@ -33,6 +36,25 @@ def build_dataset(data_cfg, image_size: int, split: str | None = None) -> Datase
     if data_cfg.name == "digits":
         return Digits(split, image_size, max_images=data_cfg.max_images)
     raise DataError(f"unknown dataset data.name={data_cfg.name!r}; valid: stl10, folder, digits")
+
+
+def build_training_dataset(cfg, seed: int) -> Dataset:
+    """What pretraining reads (`cfg`: a config.Config). Views are always cut from the whole source
+    image: a folder's in the DataLoader workers (crops.py: items are dicts of crops); STL-10 at its
+    native 96 px, whatever the view size, and cropped on the device (augment.py); the 8x8 digits
+    at the view size (below it, upsampling first loses nothing)."""
+    data, tf = cfg.data, cfg.data_transforms
+    size = tf.input_shape[0]
+    if data.name == "folder":
+        from byol.data.augment import default_local_size
+        folder = ImageFolder(data.root, data.split, size, on_bad_image=data.on_bad_image,
+                             max_images=data.max_images)
+        return FolderCropViews(folder, size, tf.min_scale, seed, tf.local_crops,
+                               tf.local_size or default_local_size(size), tf.local_scale)
+    if data.name == "stl10":
+        from byol.data.stl10 import SIDE
+        return build_dataset(data, SIDE)
+    return build_dataset(data, size)
 
 
 def dataset_labels(ds) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,16 +27,40 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)     # Table 6: aspect ratio range of the random crop
 CROP_ATTEMPTS = 10                       # torchvision's RandomResizedCrop: 10 tries, then centre
-BLUR_P = {1: 1.0, 2: 0.1}                # Table 6: blur probability of view 1 / view 2
-SOLARIZE_P = {1: 0.0, 2: 0.2}            # Table 6: solarize probability of view 1 / view 2
+# Table 6: blur and solarize probabilities of view 1 / view 2; "local" multi-crop views follow DINO
+# (Caron et al. 2021): blur 0.5, no solarize.
+BLUR_P = {1: 1.0, 2: 0.1, "local": 0.5}
+SOLARIZE_P = {1: 0.0, 2: 0.2, "local": 0.0}
+BLUR_AUTO_ABOVE = 32                     # blur: None turns blur on for views larger than this (below)
 SIGMA_RANGE = (0.1, 2.0)                 # Table 6 / SimCLR: blur sigma ~ U[0.1, 2.0]
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")   # torchvision's fn_idx order
 
 
 def blur_kernel_size(size: int) -> int:
-    """SimCLR/BYOL: kernel side ~10% of the image side, odd (23 for 224, 9 for 96)."""
+    """SimCLR/BYOL: kernel side ~10% of the image side, odd (23 for 224, 9 for 96, 3 for 32, 1 for
+    16: a 1-px kernel is the identity, so at <= 19 px blur does nothing whatever the setting)."""
     k = int(0.1 * size)
     return k + 1 if k % 2 == 0 else k
+
+
+def blur_enabled(setting: bool | None, size: int) -> bool:
+    """data_transforms.blur: true/false, or None = auto: off at <= 32 px, as CIFAR recipes do
+    (solo-learn, lightly, SimCLR's CIFAR setup), where a 3-px kernel with sigma up to 2 turns a view
+    into a box-filtered copy; on above. See the README's learning-check table for the measurement."""
+    return (size > BLUR_AUTO_ABOVE) if setting is None else bool(setting)
+
+
+def random_crop_params(n: int, scale: tuple[float, float],
+                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Raw random-resized-crop draws for n crops: CROP_ATTEMPTS (area scale, log aspect ratio) pairs
+    and a position in [0, 1)^2 each; `crop_boxes` resolves them against an image's size."""
+    log_r = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+
+    def uniform(lo: float, hi: float, *shape) -> Tensor:
+        return torch.rand(n, *shape, generator=generator, dtype=torch.float64) * (hi - lo) + lo
+
+    return {"crop_scale": uniform(*scale, CROP_ATTEMPTS), "crop_log_ratio": uniform(*log_r, CROP_ATTEMPTS),
+            "crop_pos": uniform(0.0, 1.0, 2)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,17 +180,19 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int) -> Tensor:
 def crop_boxes(params: dict[str, Tensor], height: int, width: int) -> Tensor:
     """torchvision's RandomResizedCrop.get_params, vectorised over samples, for an image of
     height x width: the first of the CROP_ATTEMPTS (scale, ratio) draws whose box fits, else the
-    central crop clipped to CROP_RATIO. Returns int64 [N, 4] (top, left, h, w)."""
-    target = height * width * params["crop_scale"]                      # [N, 10] float64
-    ratio = torch.exp(params["crop_log_ratio"])
-    w = torch.round(torch.sqrt(target * ratio))                         # half to even = round()
-    h = torch.round(torch.sqrt(target / ratio))
+    central crop clipped to CROP_RATIO. Returns int64 [N, 4] (top, left, h, w).
+
+    In numpy on the CPU (the draws live there): a DataLoader worker calls this once per image, where
+    a dozen tiny torch ops would cost ~0.4 ms an image, numpy ~0.03 ms."""
+    scale = np.asarray(params["crop_scale"], np.float64)                # [N, 10]
+    target = height * width * scale
+    ratio = np.exp(np.asarray(params["crop_log_ratio"], np.float64))
+    w = np.round(np.sqrt(target * ratio))                               # half to even = round()
+    h = np.round(np.sqrt(target / ratio))
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    attempt = torch.arange(CROP_ATTEMPTS).expand_as(fits)
-    first = torch.where(fits, attempt, CROP_ATTEMPTS).amin(dim=1, keepdim=True)
-    found = first.squeeze(1) < CROP_ATTEMPTS
-    first = first.clamp(max=CROP_ATTEMPTS - 1)
-    h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
+    found = fits.any(axis=1)
+    first = np.where(found, fits.argmax(axis=1), 0)[:, None]
+    h, w = np.take_along_axis(h, first, 1)[:, 0], np.take_along_axis(w, first, 1)[:, 0]
 
     # Fallback: the whole image, or its centre with the nearest allowed aspect ratio.
     fh, fw = height, width
@@ -173,12 +200,12 @@ def crop_boxes(params: dict[str, Tensor], height: int, width: int) -> Tensor:
         fh = int(round(width / CROP_RATIO[0]))
     elif width / height > CROP_RATIO[1]:
         fw = int(round(height * CROP_RATIO[1]))
-    h = torch.where(found, h, float(fh))
-    w = torch.where(found, w, float(fw))
-    u = params["crop_pos"]                                              # [N, 2] in [0, 1)
-    top = torch.where(found, torch.floor(u[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
-    left = torch.where(found, torch.floor(u[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
-    return torch.stack((top, left, h, w), dim=1).long()
+    h = np.where(found, h, float(fh))
+    w = np.where(found, w, float(fw))
+    u = np.asarray(params["crop_pos"], np.float64)                      # [N, 2] in [0, 1)
+    top = np.where(found, np.floor(u[:, 0] * (height - h + 1)), np.floor((height - h) / 2))
+    left = np.where(found, np.floor(u[:, 1] * (width - w + 1)), np.floor((width - w) / 2))
+    return torch.from_numpy(np.stack((top, left, h, w), axis=1).astype(np.int64))
 
 
 def _on_subset(x: Tensor, mask: Tensor, fn, *per_sample: Tensor) -> Tensor:
@@ -223,18 +250,30 @@ def _to_float(images_u8: Tensor) -> Tensor:
 
 
 class BYOLViews(torch.nn.Module):
-    """Two BYOL views of a uint8 batch [N, 3, H, W] -> two float [N, 3, size, size] (Table 6).
+    """BYOL's two views (Table 6), plus optional multi-crop local views, batched on the device.
 
-    s scales the colour-jitter strengths (SimCLR's colour strength, 1.0 in BYOL)."""
+    Input is either a uint8 batch [N, 3, H, W] at the source's native resolution (crops are cut
+    here, per sample, from the whole image) or a dict of crops already cut in the DataLoader
+    workers from the decoded originals (byol/data/crops.py): {"global": uint8 [N, 2, 3, S, S],
+    "local": uint8 [N, K, 3, s, s]}. Either way the photometric ops run here, per sample.
+
+    s scales the colour-jitter strengths (SimCLR's colour strength, 1.0 in BYOL); `blur`: see
+    `blur_enabled`. `local_crops` K > 0 adds K views of `local_size` px cut at `local_scale`
+    (SwAV/DINO multi-crop); they go through the online network only (pretrain/model.py)."""
 
     def __init__(self, size: int, s: float = 1.0, min_scale: float = 0.08,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, blur: bool | None = None,
+                 local_crops: int = 0, local_size: int = 0, local_scale: tuple[float, float] = (0.05, 0.3)):
         super().__init__()
         if not 0.0 < min_scale <= 1.0:
             raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
         self.size, self.s, self.min_scale = int(size), float(s), float(min_scale)
         self.mean, self.std = tuple(mean), tuple(std)
+        self.blur = blur_enabled(blur, self.size)
         self.kernel_size = blur_kernel_size(self.size)
+        self.local_crops, self.local_size = int(local_crops), int(local_size or default_local_size(size))
+        self.local_scale = (float(local_scale[0]), float(local_scale[1]))
+        self.local_kernel_size = blur_kernel_size(self.local_size)
         # Table 6 strengths; ranges as torchvision's ColorJitter: [max(0, 1 - a), 1 + a], [-h, h].
         self.ranges = {
             "brightness": (max(0.0, 1 - 0.4 * s), 1 + 0.4 * s),
@@ -244,38 +283,39 @@ class BYOLViews(torch.nn.Module):
         }
 
     def extra_repr(self) -> str:
+        local = f", local_crops={self.local_crops}x{self.local_size}px" if self.local_crops else ""
         return (f"size={self.size}, s={self.s}, min_scale={self.min_scale}, "
-                f"blur_kernel={self.kernel_size}")
+                f"blur={'kernel %d' % self.kernel_size if self.blur else 'off'}{local}")
 
-    def sample_params(self, n: int, view: int,
+    def crop_scale(self, view) -> tuple[float, float]:
+        return self.local_scale if view == "local" else (self.min_scale, 1.0)
+
+    def sample_params(self, n: int, view,
                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Per-sample parameters of view 1 or 2, all CPU tensors with leading dim n.
+        """Per-sample parameters of view 1, 2 or "local", all CPU tensors with leading dim n.
 
-        The crop is stored as raw draws (CROP_ATTEMPTS scales and log-ratios, a position in
-        [0, 1)^2) and resolved against the image size by `crop_boxes` in `apply`."""
-        if view not in (1, 2):
-            raise ValueError(f"view must be 1 or 2, got {view}")
+        The crop is stored as raw draws (`random_crop_params`) and resolved against the image size
+        by `crop_boxes` in `apply`."""
+        if view not in (1, 2, "local"):
+            raise ValueError(f"view must be 1, 2 or 'local', got {view}")
 
-        def uniform(lo: float, hi: float, *shape, dtype=torch.float32) -> Tensor:
-            return torch.rand(n, *shape, generator=generator, dtype=dtype) * (hi - lo) + lo
+        def uniform(lo: float, hi: float) -> Tensor:
+            return torch.rand(n, generator=generator) * (hi - lo) + lo
 
         def bernoulli(p: float) -> Tensor:
             return torch.rand(n, generator=generator) < p      # p = 1 -> always, p = 0 -> never
 
-        log_r = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
-        p = {
-            "crop_scale": uniform(self.min_scale, 1.0, CROP_ATTEMPTS, dtype=torch.float64),
-            "crop_log_ratio": uniform(*log_r, CROP_ATTEMPTS, dtype=torch.float64),
-            "crop_pos": uniform(0.0, 1.0, 2, dtype=torch.float64),
+        p = random_crop_params(n, self.crop_scale(view), generator)
+        p.update({
             "flip": bernoulli(0.5),
             "jitter": bernoulli(0.8),
             # A uniformly random permutation per sample: argsort of iid uniforms.
             "jitter_order": torch.rand(n, len(JITTER_OPS), generator=generator).argsort(dim=1),
-        }
+        })
         for name in JITTER_OPS:
             p[name] = uniform(*self.ranges[name])
         p["grayscale"] = bernoulli(0.2)
-        p["blur"] = bernoulli(BLUR_P[view])
+        p["blur"] = bernoulli(BLUR_P[view] if self.blur else 0.0)
         p["sigma"] = uniform(*SIGMA_RANGE)
         p["solarize"] = bernoulli(SOLARIZE_P[view])
         return p
@@ -285,24 +325,59 @@ class BYOLViews(torch.nn.Module):
         x = _on_subset(x, params["flip"], hflip)
         x = color_jitter(x, params)
         x = _on_subset(x, params["grayscale"], rgb_to_grayscale)
-        x = _on_subset(x, params["blur"], self._blur, params["sigma"])
+        kernel = blur_kernel_size(x.shape[-1])
+        if kernel > 1:   # a 1-px kernel is the identity: skip the work
+            x = _on_subset(x, params["blur"], lambda v, sigma: gaussian_blur(v, sigma, kernel), params["sigma"])
         return _on_subset(x, params["solarize"], solarize)
 
-    def apply(self, images_u8: Tensor, params: dict[str, Tensor]) -> Tensor:
-        """uint8 [N, 3, H, W] (any device) -> float32 [N, 3, size, size], normalised."""
+    def apply(self, images_u8: Tensor, params: dict[str, Tensor], size: int | None = None,
+              crop: bool = True) -> Tensor:
+        """uint8 [N, 3, H, W] (any device) -> float32 [N, 3, size, size], normalised. crop=False:
+        the images are already size x size crops (cut in the workers)."""
+        size = self.size if size is None else size
         x = _to_float(images_u8)
-        x = resized_crop(x, crop_boxes(params, x.shape[2], x.shape[3]), self.size)
+        if not crop:
+            if x.shape[-2:] != (size, size):
+                raise ValueError(f"pre-cut crops must be {size}x{size}, got {tuple(x.shape)}")
+        else:
+            x = resized_crop(x, crop_boxes(params, x.shape[2], x.shape[3]), size)
         return normalize(self.photometric(x, params), self.mean, self.std)
 
-    def _blur(self, x: Tensor, sigma: Tensor) -> Tensor:
-        return gaussian_blur(x, sigma, self.kernel_size)
+    def views(self, batch: Tensor | dict[str, Tensor],
+              generator: torch.Generator | None = None) -> tuple[list[Tensor], Tensor | None]:
+        """A training batch -> ([view 1, view 2] each float [N, 3, S, S], local views float
+        [K*N, 3, s, s] ordered crop-major (crop k of sample i at row k*N + i), or None)."""
+        if isinstance(batch, dict):
+            globals_u8, locals_u8 = batch["global"], batch.get("local")
+            n = globals_u8.shape[0]
+            sources = [globals_u8[:, 0], globals_u8[:, 1]]
+            local_source = None if locals_u8 is None or locals_u8.shape[1] == 0 else \
+                locals_u8.transpose(0, 1).reshape(-1, *locals_u8.shape[2:])
+        else:
+            n = batch.shape[0]
+            sources = [batch, batch]
+            local_source = batch.repeat(self.local_crops, 1, 1, 1) if self.local_crops else None
+        crop = not isinstance(batch, dict)
+        out = [self.apply(source, self.sample_params(n, view, generator), crop=crop)
+               for view, source in zip((1, 2), sources)]
+        local = None
+        if local_source is not None:
+            p = self.sample_params(local_source.shape[0], "local", generator)
+            local = self.apply(local_source, p, self.local_size, crop=crop)
+        return out, local
 
     def forward(self, images_u8: Tensor,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """uint8 [N, 3, H, W] -> (view 1, view 2), each float [N, 3, size, size]."""
         n = images_u8.shape[0]
         p1 = self.sample_params(n, 1, generator)
         p2 = self.sample_params(n, 2, generator)
         return self.apply(images_u8, p1), self.apply(images_u8, p2)
+
+
+def default_local_size(size: int) -> int:
+    """DINO's 96 px local views for 224 px global ones (3/7), at least 8 px."""
+    return max(8, int(round(size * 3 / 7)))
 
 
 def eval_transform(images_u8: Tensor, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:

@@ -9,6 +9,7 @@ stays in force; an image over it is a bad image like any other.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -107,6 +108,40 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(square)
 
 
+def _oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) after the EXIF rotation that exif_transpose applies, read from the header."""
+    width, height = im.size
+    return (height, width) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (width, height)
+
+
+def decode_crops(path: Path, boxes_for) -> list[np.ndarray]:
+    """Random-resized crops cut from the *whole* decoded image (Table 6: crop the original, then
+    resize), at its own aspect ratio. `boxes_for(height, width)` gets the upright full-resolution
+    size and returns [(int [n, 4] boxes (top, left, h, w), output side S), ...]; the result is one
+    uint8 [n, S, S, 3] array per entry. A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8)
+    at which every crop still has at least S pixels per side, so a 12-MP photo costs about as much
+    as its largest needed thumbnail; bilinear resizing with Pillow's support scaling antialiases."""
+    with Image.open(path) as im:
+        width, height = _oriented_size(im)
+        requests = boxes_for(height, width)
+        if im.format == "JPEG":
+            # the reduction every crop allows: its shorter side over its output side
+            reduction = min((min(float(b[:, 2].min()), float(b[:, 3].min())) / side
+                             for b, side in requests if len(b)), default=1.0)
+            if reduction >= 2.0:
+                raw_w, raw_h = im.size
+                im.draft("RGB", (math.ceil(raw_w / reduction), math.ceil(raw_h / reduction)))
+        rgb = _to_rgb(ImageOps.exif_transpose(im))
+    sx, sy = rgb.size[0] / width, rgb.size[1] / height
+    out = []
+    for boxes, side in requests:
+        crops = [np.asarray(rgb.resize((side, side), Image.Resampling.BILINEAR,
+                                       box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy)))
+                 for top, left, h, w in boxes.tolist()]
+        out.append(np.stack(crops) if crops else np.zeros((0, side, side, 3), np.uint8))
+    return out
+
+
 class ImageFolder(Dataset):
     """Images under a folder -> (uint8 [3, S, S], label); label -1 where there is no class folder."""
 
@@ -164,16 +199,28 @@ class ImageFolder(Dataset):
             raise DataError(f"cannot decode image '{self.paths[i]}': {type(e).__name__}: {e}") from None
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
+    def load_crops(self, i: int, boxes_for) -> list[torch.Tensor]:
+        """Crops of image i (see `decode_crops`) -> uint8 [n, 3, S, S] each; DataError naming the file."""
+        try:
+            crops = decode_crops(self.paths[i], boxes_for)
+        except Exception as e:   # truncated data, bombs, unsupported modes, ...
+            raise DataError(f"cannot decode image '{self.paths[i]}': {type(e).__name__}: {e}") from None
+        return [torch.from_numpy(c).permute(0, 3, 1, 2).contiguous() for c in crops]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        """With on_bad_image=skip an undecodable image is replaced by the next readable one, so a
-        single bad file cannot stop a long training run; it is logged once per process."""
+        return self.read(i, self.load)
+
+    def read(self, i: int, load):
+        """(load(j), label j) for the first decodable image j from i on. With on_bad_image=skip an
+        undecodable image is replaced by the next readable one, so a single bad file cannot stop a
+        long training run; it is logged once per process."""
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for '{self.folder}' ({len(self)} images)")
         for j in (k % len(self) for k in range(i, i + len(self))):
             if j in self._undecodable:
                 continue
             try:
-                return self.load(j), int(self.labels[j])
+                return load(j), int(self.labels[j])
             except DataError as e:
                 if self.on_bad_image == "error":
                     raise

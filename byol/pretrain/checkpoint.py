@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
@@ -38,6 +39,9 @@ from byol.config import Config, ConfigError, load_config, small_stem_for, to_dic
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol.encoders.files import ENCODER_FORMAT, load_file, metadata_path
 from byol.errors import CheckpointError
+
+if TYPE_CHECKING:   # model.py imports nothing from here, but the annotation needs no runtime import
+    from byol.pretrain.model import OnlineNetwork
 
 
 def library_versions() -> dict:

@@ -62,14 +62,14 @@ def run_steps(run: Run, stop: StopSignals) -> dict:
     t_start, last_knn = time.perf_counter(), None
     while step < total:
         epoch, skip = divmod(step, spe)
-        run.sampler.set_epoch(epoch, skip_batches=skip)
+        run.start_epoch(epoch, skip)
         bar = tqdm(total=spe, initial=skip, desc=f"epoch {epoch + 1}",
                    disable=not (ctx.is_main and t.progress), dynamic_ncols=True, leave=False)
         t_row, n_row = time.perf_counter(), 0
-        for images, _ in iterate(run.loader):
+        for images, labels in iterate(run.loader):
             lr, tau, z = train_step(run, images, step, losses)
             step += 1
-            n_row += images.shape[0] * ctx.world_size
+            n_row += labels.shape[0] * ctx.world_size
             bar.update(1)
             row_due = step % t.log_every == 0 or step == total
             if not (row_due or step % t.checkpoint_interval == 0 or step % spe == 0):
@@ -106,18 +106,24 @@ def run_steps(run: Run, stop: StopSignals) -> dict:
     return finish(run, step, losses.last, last_knn, t_start)
 
 
-def train_step(run: Run, images: torch.Tensor, step: int, losses: "LossWindow"):
-    """One optimisation step on uint8 images [B, 3, H, W], queued on the device without waiting for
-    it. Returns (lr, tau, projections z [2B, P])."""
+def train_step(run: Run, images, step: int, losses: "LossWindow"):
+    """One optimisation step on a batch (uint8 images [B, 3, H, W], or a dict of uint8 crops cut in
+    the workers), queued on the device without waiting for it. Returns (lr, tau, projections z [2B, P])."""
     t = run.cfg.trainer
-    images = images.to(run.ctx.device, non_blocking=True)
+    if isinstance(images, dict):
+        images = {k: v.to(run.ctx.device, non_blocking=True) for k, v in images.items()}
+    else:
+        images = images.to(run.ctx.device, non_blocking=True)
     gen = torch.Generator().manual_seed((t.seed * 1_000_003 + step) * 4096 + run.ctx.rank)
-    view1, view2 = (v.contiguous(memory_format=run.memory_format) for v in run.augment(images, gen))
+    (view1, view2), local = run.augment.views(images, gen)
+    view1, view2 = (v.contiguous(memory_format=run.memory_format) for v in (view1, view2))
+    if local is not None:
+        local = local.contiguous(memory_format=run.memory_format)
     lr = learning_rate_at(step, run.total_steps, run.warmup_steps, run.base_lr, run.cfg.optimizer.lr_schedule)
-    tau = ema_rate_at(step, run.total_steps, t.m, t.m_schedule)
+    tau = ema_rate_at(step, run.total_steps, run.base_tau, t.m_schedule)
     set_learning_rate(run.optimizer, lr)
     with run.autocast:
-        loss, z = byol_loss(run.model, run.target, view1, view2)
+        loss, z = byol_loss(run.model, run.target, view1, view2, local)
     losses.add(loss, step)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()       # scale/step/update pass straight through unless fp16
@@ -189,7 +195,7 @@ def finish(run: Run, step: int, final_loss: float, knn: float | None, t_start: f
     encoder_path = run.run_dir / "encoder.pt"
     if run.ctx.is_main:
         export_encoder(run.cfg, run.online, step, encoder_path)
-    summary = {"run_dir": str(run.run_dir), "steps": step, "final_loss": final_loss,
+    summary = {"run_dir": str(run.run_dir), "steps": step, "images": run.n_images, "final_loss": final_loss,
                "checkpoint": str(run.checkpoint), "encoder": str(encoder_path),
                "precision": run.precision, "device": str(run.ctx.device), "world_size": run.ctx.world_size,
                "ranks_in_sync": in_sync, "seconds": round(time.perf_counter() - t_start, 2)}

@@ -72,11 +72,15 @@ def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def byol_loss(online: nn.Module, target: nn.Module | None, view1: torch.Tensor,
-              view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+              view2: torch.Tensor, local: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetrised BYOL loss (Eq. 4) over both view orders, averaged over the batch.
 
     Both views go through each network as one batch of 2N (one forward instead of two).
     `target=None` is the SimSiam variant: the online projections, detached, are the targets.
+    `local` [K*N, 3, s, s] (multi-crop, crop-major rows): the online predictions of these small
+    views regress onto both global targets too (SwAV/DINO: local views never go through the
+    target); the loss is then 2 x the mean over all (prediction, other view's target) pairs, which
+    is exactly Eq. 4 when K = 0.
     Returns (loss scalar, online projections z [2N, D] for monitoring).
     """
     n = view1.shape[0]
@@ -86,7 +90,14 @@ def byol_loss(online: nn.Module, target: nn.Module | None, view1: torch.Tensor,
         t = (target(both) if target is not None else z).detach()
     p1, p2 = p[:n], p[n:]
     t1, t2 = t[:n], t[n:]
-    loss = (regression_loss(p1, t2) + regression_loss(p2, t1)).mean()
+    pairs = regression_loss(p1, t2) + regression_loss(p2, t1)            # [N]
+    n_pairs = 2
+    if local is not None and local.shape[0]:
+        _, p_local = online(local)
+        p_local = p_local.view(-1, n, p_local.shape[-1])                 # [K, N, P]
+        pairs = pairs + (regression_loss(p_local, t1) + regression_loss(p_local, t2)).sum(dim=0)
+        n_pairs += 2 * p_local.shape[0]
+    loss = pairs.mean() * (2.0 / n_pairs)
     return loss, z.detach()
 
 

@@ -18,14 +18,14 @@ from torch.utils.data import DataLoader
 
 from byol import distributed as dist_utils
 from byol.config import Config, ConfigError, save_config, small_stem_for
-from byol.data import build_dataset
+from byol.data import build_dataset, build_training_dataset
 from byol.data.augment import BYOLViews
 from byol.encoders.build import build_encoder, encoder_dim
 from byol.encoders.files import load_encoder
 from byol.pretrain.checkpoint import atomic_save, find_pretrained, load_training_checkpoint, make_checkpoint
 from byol.pretrain.metrics import MetricsLog
 from byol.pretrain.model import OnlineNetwork, TargetNetwork
-from byol.pretrain.optim import build_optimizer
+from byol.pretrain.optim import base_ema_rate, build_optimizer
 from byol.stopping import ignore_stop_signals
 
 log = logging.getLogger("byol")
@@ -74,11 +74,12 @@ class Run:
     n_images: int
     image_size: int
     sampler: dist_utils.ResumableSampler
-    loader: DataLoader                  # uint8 [B, 3, S, S] batches, labels
+    loader: DataLoader                  # (uint8 [B, 3, H, W] or a dict of crops: crops.py, labels)
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
     base_lr: float
+    base_tau: float                     # trainer.m, resolved (m=auto: from total_steps)
     online: OnlineNetwork
     target: TargetNetwork | None        # None: SimSiam (use_momentum=false)
     model: torch.nn.Module
@@ -90,6 +91,12 @@ class Run:
     metrics: MetricsLog
     knn_sets: tuple | None              # (memory bank split, scored split) on rank 0 when knn_every > 0
     start_step: int
+
+    def start_epoch(self, epoch: int, skip_batches: int) -> None:
+        """Before the epoch's loader iterator exists: data order and (folders) crop randomness."""
+        self.sampler.set_epoch(epoch, skip_batches=skip_batches)
+        if hasattr(self.loader.dataset, "set_epoch"):
+            self.loader.dataset.set_epoch(epoch)
 
     def save(self, step: int) -> Path:
         """Write `checkpoint` atomically (rank 0); every rank waits until it is on disk."""
@@ -108,7 +115,7 @@ def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> Ru
     size = cfg.data_transforms.input_shape[0]
     torch.manual_seed(t.seed)   # same initial weights on every rank
 
-    dataset = build_dataset(cfg.data, size)
+    dataset = build_training_dataset(cfg, t.seed)
     global_batch = t.batch_size * ctx.world_size
     if len(dataset) < global_batch:
         raise ConfigError(f"config key 'trainer.batch_size': the {cfg.data.name} split '{cfg.data.split}' "
@@ -139,7 +146,9 @@ def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> Ru
     step = restore(checkpoint, resume is not None, ctx, online, target, optimizer, scaler, total_steps)
     model = DistributedDataParallel(online, device_ids=[device] if device.type == "cuda" else None) \
         if ctx.distributed else online
-    augment = BYOLViews(size, s=cfg.data_transforms.s, min_scale=cfg.data_transforms.min_scale).to(device)
+    tf = cfg.data_transforms
+    augment = BYOLViews(size, s=tf.s, min_scale=tf.min_scale, blur=tf.blur, local_crops=tf.local_crops,
+                        local_size=tf.local_size, local_scale=tf.local_scale).to(device)
 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +162,7 @@ def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> Ru
                n_images=len(dataset), image_size=size, sampler=sampler, loader=loader,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                warmup_steps=round(cfg.optimizer.warmup_epochs * steps_per_epoch),
-               base_lr=base_lr, online=online, target=target, model=model,
+               base_lr=base_lr, base_tau=base_ema_rate(t.m, total_steps), online=online, target=target, model=model,
                optimizer=optimizer, scaler=scaler, autocast=autocast, memory_format=memory_format,
                augment=augment, metrics=metrics, knn_sets=knn_sets, start_step=step)
 
