@@ -273,7 +273,6 @@ class BYOLViews(torch.nn.Module):
         self.kernel_size = blur_kernel_size(self.size)
         self.local_crops, self.local_size = int(local_crops), int(local_size or default_local_size(size))
         self.local_scale = (float(local_scale[0]), float(local_scale[1]))
-        self.local_kernel_size = blur_kernel_size(self.local_size)
         # Table 6 strengths; ranges as torchvision's ColorJitter: [max(0, 1 - a), 1 + a], [-h, h].
         self.ranges = {
             "brightness": (max(0.0, 1 - 0.4 * s), 1 + 0.4 * s),
