@@ -8,12 +8,13 @@ compare its features with an untrained network's and with raw pixels on the same
 
 --data: an image folder with train/ and test/ subfolders (one subfolder per class in each), or a
 .tar of one (extracted once into --workdir). The run starts from --recipe (configs/short_cpu.yaml)
-plus the overrides. Steps: (1) with --minutes, a short probe measures images/s and pretraining gets
-max_steps = minutes x images/s / batch, so the LR and EMA schedules run to completion inside the
-budget (--steps N fixes the count instead: a ranking that does not depend on what else shares the
-CPU); (2) the encoder's features of train and test go to shards (--eval-subset N: N train and N/2
+plus the overrides. Steps: (1) with --minutes, pretraining runs with trainer.max_time=<minutes>m:
+it measures its own step time over its first (training) steps and sets the step count so the LR
+and EMA schedules run to completion inside the budget (byol/pretrain/budget.py; --steps N fixes the
+count instead: a ranking that does not depend on what else shares the CPU); (2) the encoder's features of train and test go to shards (--eval-subset N: N train and N/2
 test images per class, to rank settings quickly); (3) linear head and kNN on them, and on the
-untrained (same-seed) encoder's features at the same size: the control for what pretraining added;
+run's starting weights (RUN_DIR/encoder-start.pt, written by training at step 0, the pipeline's
+control too) at the same size: what pretraining added;
 raw pixels with PCA (128 components) + logistic regression and PCA + kNN, at the views' size (like
 for like) and at the images' native size (--pixel-size). The margins use the strongest baseline of
 each kind. Hyper-parameters are chosen on a validation split of train, never on test. Untrained
@@ -22,13 +23,11 @@ Prints the stages, then one JSON object as its last line.
 """
 import argparse
 import json
-import shutil
 import sys
 import tarfile
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,8 +36,8 @@ from byol.evaluate.options import Options  # noqa: E402
 from byol.evaluate.runner import run_baseline, run_head  # noqa: E402
 from byol.extract import extract  # noqa: E402
 from byol.store import FeatureStore  # noqa: E402
-from byol.pretrain.checkpoint import export_encoder  # noqa: E402
-from byol.pretrain.loop import build_networks, train  # noqa: E402
+from byol.pretrain.checkpoint import START_ENCODER_FILE  # noqa: E402
+from byol.pretrain.loop import train  # noqa: E402
 from byol.pretrain.optim import base_ema_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,14 +59,6 @@ def dataset_root(data: Path, workdir: Path) -> Path:
     raise SystemExit(f"error: {data} has no train/ and test/ subfolders (one folder per class in each)")
 
 
-def random_init_encoder(cfg, path: Path) -> Path:
-    """encoder.pt of the untrained network, seeded as the pretraining run: the control that tells
-    what pretraining added (random conv features alone score well above chance on small images)."""
-    torch.manual_seed(cfg.trainer.seed)
-    online, _ = build_networks(cfg)
-    return export_encoder(cfg, online, 0, path)
-
-
 def eval_subset(root: Path, per_class: int, workdir: Path) -> Path:
     """A stratified probe set for ranking settings quickly: the first `per_class` train and
     per_class // 2 test images of every class, as symbolic links (pretraining still reads all of
@@ -87,20 +78,22 @@ def eval_subset(root: Path, per_class: int, workdir: Path) -> Path:
     return target
 
 
-def baseline_dir(workdir: Path, cfg, kind: str) -> Path:
-    """Untrained-encoder and pixel stores depend only on the network, seed and size, not on the
-    pretraining settings: one copy per combination, reused by every row (extraction resumes)."""
-    net = cfg.network
-    key = f"{kind}-{net.name}-stem{int(bool(net.small_stem))}-seed{cfg.trainer.seed}"
-    return workdir / "baselines" / key
+def start_store_dir(workdir: Path, start_encoder: Path) -> Path:
+    """Where the untrained (starting-weights) stores of `start_encoder` (RUN_DIR/encoder-start.pt,
+    written by training at step 0) go: named by the weights' SHA-256, so every run that starts from
+    the same weights (same network, stem, seed) reuses one copy (extraction resumes)."""
+    from byol.encoders.files import metadata_path
+    sha = json.loads(metadata_path(start_encoder).read_text())["weights"]["pt"]["sha256"]
+    return workdir / "baselines" / f"start-{sha[:16]}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--minutes", type=float, default=30.0, help="pretraining wall-clock budget")
-    ap.add_argument("--steps", type=int, default=0, help="> 0: pretrain exactly this many steps (no probe): "
-                    "ranks settings by what they learn per step, whatever else shares the CPU")
+    ap.add_argument("--minutes", type=float, default=30.0, help="pretraining wall-clock budget "
+                    "(trainer.max_time=<minutes>m: the run chooses its steps)")
+    ap.add_argument("--steps", type=int, default=0, help="> 0: pretrain exactly this many steps (no time "
+                    "budget): ranks settings by what they learn per step, whatever else shares the CPU")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/byol-learning-check"),
                     help="holds the extracted images and the baselines' stores, shared by runs")
     ap.add_argument("--run-name", default="run", help="the run's folder under WORKDIR/runs/ (a run "
@@ -110,7 +103,6 @@ def main() -> None:
     ap.add_argument("--pixel-size", type=int, default=32, help="native size of the images: the raw-pixel "
                     "baselines run at it as well as at --image-size (CIFAR-10 is 32)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the recipe's trainer.batch_size")
-    ap.add_argument("--probe-steps", type=int, default=8)
     ap.add_argument("--random-init-baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="also score the untrained encoder (linear and kNN), the control for what "
                          "pretraining added")
@@ -136,22 +128,9 @@ def main() -> None:
     started = time.perf_counter()
     run_dir = args.workdir / "runs" / args.run_name
 
-    if args.steps > 0:
-        steps, img_per_s = args.steps, None
-    else:
-        probe_dir = args.workdir / "probe"
-        shutil.rmtree(probe_dir, ignore_errors=True)
-        probe = load_config(recipe, settings + [f"trainer.run_dir={probe_dir}", f"trainer.max_steps={args.probe_steps}",
-                                                "trainer.log_every=1", "trainer.progress=false"])
-        train(probe)
-        rows = [json.loads(line) for line in (probe_dir / "metrics.jsonl").read_text().splitlines()]
-        rate = sorted(r["img_per_s"] for r in rows[2:] if "img_per_s" in r)   # skip warm-up steps
-        img_per_s = rate[len(rate) // 2]
-        steps = max(1, int(args.minutes * 60 * img_per_s / probe.trainer.batch_size))
-        print(f"probe: {img_per_s:.1f} img/s -> {steps} steps of {probe.trainer.batch_size} in {args.minutes} min",
-              flush=True)
-
-    cfg = load_config(recipe, settings + [f"trainer.run_dir={run_dir}", f"trainer.max_steps={steps}"])
+    # a fixed step count, or a time budget the run turns into steps itself (a resumed run keeps them)
+    length = f"trainer.max_steps={args.steps}" if args.steps > 0 else f"trainer.max_time={args.minutes}m"
+    cfg = load_config(recipe, settings + [f"trainer.run_dir={run_dir}", length])
     t = time.perf_counter()
     summary = train(cfg, resume=run_dir if (run_dir / "checkpoints" / "last.pt").exists() else None)
     pretrain_s = time.perf_counter() - t
@@ -160,11 +139,9 @@ def main() -> None:
     for split in ("train", "test"):
         stores[f"byol_{split}"] = extract(summary["encoder"], split, run_dir / "features", eval_settings,
                                           progress=False)["split_dir"]
-    if args.random_init_baseline:
-        init_dir = baseline_dir(args.workdir, cfg, f"untrained{s}")
-        init_encoder = init_dir / "encoder.pt"
-        if not (init_dir / "encoder.json").exists():
-            random_init_encoder(cfg, init_encoder)
+    if args.random_init_baseline:      # the run's own starting weights: the pipeline's control too
+        init_encoder = run_dir / START_ENCODER_FILE
+        init_dir = start_store_dir(args.workdir, init_encoder)
         for split in ("train", "test"):
             stores[f"init_{split}"] = extract(init_encoder, split, init_dir / f"features{args.eval_subset}", eval_settings,
                                               progress=False)["split_dir"]
@@ -202,7 +179,8 @@ def main() -> None:
         out["target_met"] = out["margin_over_pixels"] >= 8 and out["margin_over_random_init"] >= 10
     out.update(pretrain_minutes=round(pretrain_s / 60, 1), steps=summary["steps"],
                epochs=round(summary["steps"] * cfg.trainer.batch_size / summary["images"], 2),
-               probe_img_per_s=round(img_per_s, 1) if img_per_s else None, image_size=s, batch_size=cfg.trainer.batch_size, base_tau=round(base_ema_rate(cfg.trainer.m, steps), 4),
+               time_budget=summary.get("time_budget"), image_size=s, batch_size=cfg.trainer.batch_size,
+               base_tau=round(base_ema_rate(cfg.trainer.m, summary["steps"]), 4),
                precision=summary["precision"], total_minutes=round((time.perf_counter() - started) / 60, 1),
                recipe=recipe.name, overrides=args.overrides)
     print(json.dumps(out), flush=True)

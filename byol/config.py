@@ -81,6 +81,10 @@ class Trainer:
     checkpoint_interval: int = 5000  # steps between checkpoints (plus one at each epoch end)
     max_epochs: int = 80
     max_steps: int = 0               # >0 stops after this many steps (overrides max_epochs)
+    max_time: float | str = 0        # time budget: 90s | 45m | 2h | 1h30m | seconds | slurm (this job's time
+                                     # left); 0 = off. Sets the steps so the schedules end at it (max_epochs
+                                     # and max_steps become upper bounds); the chosen total is saved as max_steps
+    max_time_margin: float | str = "5m"   # max_time=slurm: time kept back for the last checkpoint and export
     num_workers: int = 4             # DataLoader workers (image decoding / file reads)
     run_dir: str = "runs/byol"
     seed: int = 0
@@ -300,6 +304,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'data_transforms.min_scale': must be in (0, 1], got {cfg.data_transforms.min_scale}")
     if cfg.optimizer.params.lr <= 0:
         raise ConfigError(f"config key 'optimizer.params.lr': must be > 0, got {cfg.optimizer.params.lr}")
+    from byol.pretrain.budget import check_settings    # torch-free (byol.pretrain loads lazily)
+    check_settings(cfg.trainer)
     check_network_name(cfg.network.name)
     return cfg
 

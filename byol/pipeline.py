@@ -1,5 +1,5 @@
-"""Images to report in one command: pretrain -> extract (embeddings and raw pixels) -> every
-evaluation -> RUN_DIR/report.md.
+"""Images to report in one command: pretrain -> extract (BYOL's embeddings, its starting weights'
+embeddings and raw pixels) -> every evaluation -> RUN_DIR/report.md with the verdict.
 
     python -m byol.pipeline --config configs/demo.yaml          # embedded digits, a few minutes on CPU
     python -m byol.pipeline --config config.yaml trainer.max_epochs=10 data.root=/data
@@ -7,8 +7,10 @@ evaluation -> RUN_DIR/report.md.
 Each stage writes files the next one reads (see README), so a rerun picks up where it stopped:
 training resumes from RUN_DIR/checkpoints/last.pt, extraction skips finished shards, and
 evaluation writes new result files rather than overwriting. The train/test splits are
-`data.knn_train_split` and `data.eval_split` of the config (labelled splits). Prints a JSON
-summary (the results table) as its last line.
+`data.knn_train_split` and `data.eval_split` of the config (labelled splits). The encoder training
+started from (RUN_DIR/encoder-start.pt) gets logistic regression and kNN too (`start-logreg`,
+`start-knn`): the control that says what pretraining added. Prints a JSON summary (the results
+table and the verdict) as its last line.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from byol.atomic import atomic_write_text
 from byol.cli import (DEFAULT_CONFIG, add_config_arguments, check_overrides, config_for_run, parse_arguments,
                       run_command)
 
@@ -38,11 +41,12 @@ def git_revision() -> str:
 
 def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int = 30) -> dict:
     """config_file (None: ./config.yaml) <- overrides; a run_dir holding checkpoints/last.pt resumes."""
-    from byol.pretrain.checkpoint import library_versions
+    from byol.pretrain.checkpoint import START_ENCODER_FILE, library_versions
     from byol.evaluate.options import Options
     from byol.evaluate.runner import run_baseline, run_head
     from byol.extract import extract
     from byol.report import write_report
+    from byol.verdict import verdict
     from byol.pretrain.loop import train
 
     config_file = config_file or DEFAULT_CONFIG    # the pixel stores read it too
@@ -59,11 +63,19 @@ def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int
         return out
 
     summary = timed("pretrain", lambda: train(cfg, resume=resume))
-    encoder = summary["encoder"]
+    encoders = {"byol": (summary["encoder"], "features")}
+    start_encoder = run_dir / START_ENCODER_FILE
+    if start_encoder.is_file():
+        encoders["start"] = (start_encoder, "features-start")
+    else:
+        log.warning("%s is missing (a run trained before byol wrote it): no starting-weights control",
+                    start_encoder)
     stores = {}
     for role, split in splits.items():
-        stores[f"byol_{role}"] = timed(f"extract {role}", lambda: extract(
-            encoder, split, run_dir / "features", overrides, progress=cfg.trainer.progress))["split_dir"]
+        for name, (encoder, folder) in encoders.items():
+            stage = f"extract {role}" if name == "byol" else f"extract {name} {role}"
+            stores[f"{name}_{role}"] = timed(stage, lambda: extract(
+                encoder, split, run_dir / folder, overrides, progress=cfg.trainer.progress))["split_dir"]
         stores[f"pixels_{role}"] = timed(f"pixels {role}", lambda: extract(
             "pixels", split, run_dir / "pixels", overrides, config_file=config_file,
             progress=cfg.trainer.progress))["split_dir"]
@@ -74,6 +86,11 @@ def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int
         results[kind] = timed(f"head {kind}", lambda: run_head(kind, stores["byol_train"], stores["byol_test"], opts))
     for method in ("logreg", "knn"):
         results[method] = timed(method, lambda: run_baseline(method, stores["byol_train"], stores["byol_test"], opts))
+    if "start" in encoders:
+        start_opts = Options(epochs=head_epochs, results_dir=str(run_dir / "results-start"))
+        for method in ("logreg", "knn"):
+            results[f"start-{method}"] = timed(f"start {method}", lambda: run_baseline(
+                method, stores["start_train"], stores["start_test"], start_opts))
     for method in ("pca-logreg", "pca-knn"):
         results[method] = timed(method, lambda: run_baseline(method, stores["pixels_train"],
                                                              stores["pixels_test"], opts))
@@ -85,11 +102,12 @@ def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int
                            "device": summary["device"], "precision": summary["precision"],
                            "threads": torch.get_num_threads(), "git_revision": git_revision(),
                            "platform": platform.platform(), "train_steps": summary["steps"]}}
-    (run_dir / "pipeline.json").write_text(json.dumps(info, indent=2))
+    atomic_write_text(run_dir / "pipeline.json", json.dumps(info, indent=2))
     report = timed("report", lambda: write_report(run_dir))
     info["stage_seconds"] = stage_seconds
-    (run_dir / "pipeline.json").write_text(json.dumps(info, indent=2))
-    return {"report": str(report), "top1": {k: r["top1"] for k, r in results.items()},
+    atomic_write_text(run_dir / "pipeline.json", json.dumps(info, indent=2))
+    top1 = {k: r["top1"] for k, r in results.items()}
+    return {"report": str(report), "top1": top1, "verdict": verdict(top1),
             "seconds": round(sum(stage_seconds.values()), 1)}
 
 

@@ -2,26 +2,35 @@
 
     python -m byol.report runs/demo
 
-Reads RUN_DIR/config.yaml, metrics.jsonl, pipeline.json (stage times, provenance, result files),
-the result JSON files and the test feature store; writes report.md with PNGs beside it:
-loss.png (loss and collapse indicator), knn.png (kNN accuracy over training), embedding.png
-(PCA and t-SNE of test embeddings), confusion.png (the best head's confusion matrix).
+Reads RUN_DIR/config.yaml, metrics.jsonl, pipeline.json (stage times, provenance, result files,
+stores), the result JSON files and the feature stores; writes report.md, which opens with the
+verdict (byol/verdict.py: what BYOL adds over its starting weights and over raw pixels), with PNGs
+beside it: loss.png (loss and collapse indicator), knn.png (kNN accuracy over training),
+embedding.png (PCA and t-SNE of test embeddings), confusion.png (the best head's confusion
+matrix), neighbors.png (byol/gallery.py), and the TensorBoard projector under RUN_DIR/tensorboard
+(byol/projector.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from byol.atomic import atomic_write_text
+from byol.verdict import verdict
+
+log = logging.getLogger("byol")
 
 ROWS = [  # (label in the table, features, result key in pipeline.json)
     ("BYOL + linear head", "BYOL", "linear"),
     ("BYOL + MLP head", "BYOL", "mlp"),
     ("BYOL + logistic regression", "BYOL", "logreg"),
     ("BYOL + kNN", "BYOL", "knn"),
+    ("starting weights + logistic regression", "start", "start-logreg"),
+    ("starting weights + kNN", "start", "start-knn"),
     ("raw pixels + PCA + logistic regression", "pixels", "pca-logreg"),
     ("raw pixels + PCA + kNN", "pixels", "pca-knn"),
 ]
@@ -101,6 +110,24 @@ def plot_confusion(csv_path: Path, out: Path, title: str) -> list[str]:
     return ["confusion.png"]
 
 
+def inspection_views(run_dir: Path, stores: dict) -> list[str]:
+    """neighbors.png and the TensorBoard projector, from the BYOL (and starting weights') stores.
+    The images come from the dataset the stores were computed from: where it is gone (moved, or
+    a relative data.root seen from another folder), the report says so and goes on without them."""
+    if not {"byol_train", "byol_test"} <= set(stores):
+        return []
+    from byol.errors import DataError
+    from byol.gallery import write_gallery
+    from byol.projector import write_projector
+    try:
+        write_gallery(stores, run_dir)
+        write_projector(run_dir / "tensorboard", {"byol": stores["byol_test"], "start": stores.get("start_test")})
+    except (DataError, OSError) as e:
+        log.warning("no neighbour gallery or projector: the stores' images cannot be read (%s)", e)
+        return []
+    return ["neighbors.png"]
+
+
 def results_table(results: dict) -> list[str]:
     lines = ["| method | features | top-1 (%) | top-5 (%) | chosen on validation |", "|---|---|---|---|---|"]
     for label, features, key in ROWS:
@@ -124,6 +151,8 @@ def write_report(run_dir: str | Path) -> Path:
     plots = plot_training(read_metrics(run_dir), run_dir)
     if info.get("features_test") and Path(info["features_test"]).exists():
         plots += plot_embedding(Path(info["features_test"]), run_dir)
+    stores = {k: v for k, v in (info.get("stores") or {}).items() if (Path(v) / "manifest.json").exists()}
+    plots += inspection_views(run_dir, stores)
     heads = [k for k in ("mlp", "linear") if k in results]
     best = max(heads, key=lambda k: results[k]["top1"]) if heads else None
     if best and results[best].get("confusion_csv") and Path(results[best]["confusion_csv"]).exists():
@@ -131,13 +160,19 @@ def write_report(run_dir: str | Path) -> Path:
 
     md = [f"# BYOL report: `{run_dir}`", ""]
     if results:
+        md += [f"**Verdict:** {verdict({k: r['top1'] for k, r in results.items()})['sentence']}", ""]
         md += ["## Results (test split; hyper-parameters chosen on a validation split of train)", ""]
         md += results_table(results) + [""]
     captions = {"loss.png": "Training loss and collapse indicator",
                 "knn.png": "Online kNN accuracy during training",
                 "embedding.png": "Test embeddings in 2-D, coloured by class",
-                "confusion.png": "Confusion matrix of the best head"}
+                "confusion.png": "Confusion matrix of the best head",
+                "neighbors.png": "Test images and their 5 nearest training images: BYOL vs its starting weights"}
     md += ["## Plots", ""] + [f"![{captions[p]}]({p})" for p in plots] + [""]
+    if (run_dir / "tensorboard" / "projector_config.pbtxt").exists():
+        md += ["## Interactive view", "", f"`tensorboard --logdir {run_dir / 'tensorboard'}`, then the PROJECTOR "
+               "tab: the test embeddings (tags `byol` and `start`, at most 2,000 rows) with labels and thumbnails, "
+               "in PCA, t-SNE or UMAP.", ""]
     if info:
         md += ["## Provenance", "", "| stage | seconds |", "|---|---|"]
         md += [f"| {k} | {v:.1f} |" for k, v in info.get("stage_seconds", {}).items()]

@@ -2,7 +2,7 @@
 
 The benchmark is run for real on CIFAR-10 (README); here only its contract is checked: the stages
 run, the last line is the JSON the README documents, the margins are computed from the rows, the
-untrained-encoder control is the seeded initial network, and the skip flags drop their rows.
+untrained-encoder control is the run's encoder-start.pt (the seeded initial network), and the skip flags drop their rows.
 """
 import json
 from pathlib import Path
@@ -34,7 +34,7 @@ def write_folder(root: Path) -> Path:
 
 def run_check(data: Path, workdir: Path, *flags: str) -> dict:
     cmd = ["benchmarks/learning_check.py", "--data", str(data),
-           "--workdir", str(workdir), "--minutes", "0.01", "--batch-size", "8", "--probe-steps", "3", *flags,
+           "--workdir", str(workdir), "--minutes", "0.01", "--batch-size", "8", *flags,
            "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
            "trainer.progress=false"]
     done = run_cli(*cmd, timeout=600)
@@ -66,12 +66,12 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path):
     assert out["recipe"] == "short_cpu.yaml" and out["base_tau"] == 0.99       # the recipe's m
     assert out["eval_images"] == {"train": 2 * PER_CLASS, "test": 2 * PER_CLASS}
 
-    # the control is the untrained network of the run's seed, as a plain torchvision ResNet-18
+    # the control is the run's own starting weights (the untrained network of its seed, the file
+    # training wrote at step 0), as a plain torchvision ResNet-18
     run = tmp_path / "work" / "runs" / "run"
-    baseline = tmp_path / "work" / "baselines" / "untrained16-resnet18-stem1-seed0"
-    init = torch.load(baseline / "encoder.pt", weights_only=True)
+    init = torch.load(run / "encoder-start.pt", weights_only=True)
     trained = torch.load(run / "encoder.pt", weights_only=True)
-    init_step = json.loads((baseline / "encoder.json").read_text())["step"]
+    init_step = json.loads((run / "encoder-start.json").read_text())["step"]
     trained_step = json.loads((run / "encoder.json").read_text())["step"]
     assert init_step == 0 and trained_step == out["steps"]
     assert not torch.equal(init["layer1.0.conv1.weight"],
@@ -91,7 +91,10 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path):
     # a second row with a fixed step count and a probe subset reuses the baselines' stores
     again = run_check(folder, tmp_path / "work", "--steps", "2", "--eval-subset", "8", "--run-name", "row2")
     assert again["steps"] == 2 and again["eval_images"] == {"train": 16, "test": 8}
-    assert again["probe_img_per_s"] is None
+    assert again["time_budget"] is None                      # --steps: no time budget
+    assert out["time_budget"]["max_time"] == "0.6s" and out["time_budget"]["steps"] == out["steps"]
+    starts = sorted(p.name for p in (tmp_path / "work" / "baselines").glob("start-*"))
+    assert len(starts) == 1            # same network and seed: the same starting weights, one set of stores
 
 
 def test_learning_check_skips_the_rows_it_is_told_to(folder, tmp_path):

@@ -9,7 +9,8 @@ from testkit import run_cli
 
 def test_pipeline_runs_end_to_end_and_report_regenerates(pipeline_run):
     run, out = pipeline_run      # tests/conftest.py: configs/demo.yaml with tiny settings
-    assert set(out["top1"]) == {"linear", "mlp", "logreg", "knn", "pca-logreg", "pca-knn"}
+    assert set(out["top1"]) == {"linear", "mlp", "logreg", "knn", "start-logreg", "start-knn", "pca-logreg",
+                                "pca-knn"}
     assert all(10 <= v <= 100 for v in out["top1"].values())       # 10 classes: chance is 10%
     assert out["top1"]["pca-knn"] > 80                               # raw digits are easy for kNN
     report = Path(out["report"]).read_text()

@@ -102,6 +102,20 @@ def vote(scores: np.ndarray, labels: np.ndarray, k: int, n_classes: int, weighti
     return weighted_vote(np.where(labels >= 0, scores, 0), labels, n_classes, temperature)
 
 
+def nearest_rows(store, queries: np.ndarray, k: int, metric: str = "cosine",
+                 block_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest rows of `store` to each query [n, D], by the same running top-k as
+    classification (the row numbers ride where the labels do): (scores [n, k] best first, store row
+    numbers [n, k], -1 where the store has fewer than k rows). The report's neighbour gallery."""
+    def bank():
+        start = 0
+        for block in store.iter_blocks(block_rows, fields=("embeddings",)):
+            x = block["embeddings"]
+            yield prepare_rows(x, metric), np.arange(start, start + len(x), dtype=np.int64)
+            start += len(x)
+    return running_topk(bank(), prepare_rows(queries, metric), k, metric)
+
+
 class KNN:
     """kNN over the rows `bank_mask` of a store, in a chosen feature transform (None = stored features)."""
 

@@ -7,7 +7,10 @@ A training checkpoint (`last.pt`) is a plain dict of tensors and primitives:
     target: TargetNetwork state dict or None (use_momentum=false),
     optimizer: optimizer state dict, scaler: GradScaler state dict or None,
     rng: {"torch": ByteTensor, "cuda": [ByteTensor, ...]},
-    config: resolved config dict, versions: {"torch": ..., "torchvision": ..., "byol": ...}
+    config: resolved config dict, versions: {"torch": ..., "torchvision": ..., "byol": ...},
+    budget (trainer.max_time runs only): {label, seconds, used_s, estimating,
+            schedule: {total, start, lr_start, ema_start}}: the chosen total and the schedule's
+            anchor (optim.Schedule), so --resume continues it without measuring again
 
 The encoder alone is three files, written in this order by `export_encoder`:
 
@@ -18,6 +21,11 @@ The encoder alone is three files, written in this order by `export_encoder`:
     encoder.safetensors  the same tensors, readable without pickle (numpy, JAX, Rust, timm ...)
     encoder.json         network, small_stem, feature_dim, image_size, normalisation, step,
                          config, versions, and the SHA-256 of both weight files
+
+`encoder-start.pt` (+ .safetensors, .json) is the same export of the encoder training started from
+(step 0: the seeded random init, or the `network.fine_tune_from` weights): the control every
+report scores beside the trained encoder, so it says what pretraining added. A resumed run keeps
+the file of its first start.
 
 Before version 2, encoder.pt was {"format": "byol-encoder", "state_dict": ..., "network", ...};
 such files still load everywhere. Reading goes through `byol.encoders.files` (`load_encoder`,
@@ -42,6 +50,9 @@ from byol.errors import CheckpointError
 
 if TYPE_CHECKING:   # model.py imports nothing from here, but the annotation needs no runtime import
     from byol.pretrain.model import OnlineNetwork
+
+
+ENCODER_FILE, START_ENCODER_FILE = "encoder.pt", "encoder-start.pt"   # in RUN_DIR
 
 
 def library_versions() -> dict:
@@ -83,7 +94,8 @@ def find_pretrained(name: str) -> Path:
                       f"set network.fine_tune_from=null to train from scratch")
 
 
-def make_checkpoint(cfg, online, target, optimizer, scaler, step, steps_per_epoch) -> dict:
+def make_checkpoint(cfg, online, target, optimizer, scaler, step, steps_per_epoch, budget: dict | None = None) -> dict:
+    extra = {"budget": budget} if budget is not None else {}
     return {
         "format": "byol-checkpoint", "version": 1,
         "step": step, "epoch": step // steps_per_epoch, "step_in_epoch": step % steps_per_epoch,
@@ -94,7 +106,7 @@ def make_checkpoint(cfg, online, target, optimizer, scaler, step, steps_per_epoc
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "config": to_dict(cfg), "versions": library_versions(),
+        "config": to_dict(cfg), "versions": library_versions(), **extra,
     }
 
 

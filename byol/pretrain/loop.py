@@ -9,24 +9,28 @@ same batches and views an uninterrupted run would have seen.
 
 Host syncs: a step never waits for the device. Its loss goes into a device buffer (`LossWindow`);
 every `trainer.log_every` steps, and before every checkpoint, one all-reduce brings those losses
-and every rank's stop request to the host. There a non-finite loss stops training (naming the step
-where it first appeared) before any checkpoint could hold it, and a SIGINT/SIGTERM/SIGUSR1 that
-reached any rank stops every rank at that same step, after writing a checkpoint. A stop therefore
-takes effect up to log_every steps after the signal.
+and every rank's stop request to the host, with rank 0's time-budget decision (budget.py: a new
+total, applied by every rank at that step; while it estimates, host syncs also come at steps 2, 4,
+8, ...). There a non-finite loss stops training (naming the step where it first appeared) before
+any checkpoint could hold it, and a SIGINT/SIGTERM/SIGUSR1 that reached any rank stops every rank
+at that same step, after writing a checkpoint. A stop therefore takes effect up to log_every steps
+after the signal.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from byol import distributed as dist_utils
-from byol.config import Config
+from byol.config import Config, save_config
 from byol.errors import Interrupted, TrainingError
+from byol.pretrain import budget as time_budget
 from byol.pretrain.checkpoint import export_encoder
 from byol.pretrain.model import byol_loss, collapse_indicator
 from byol.pretrain.monitor import knn_top1
@@ -42,10 +46,13 @@ log = logging.getLogger("byol")
 def train(cfg: Config, resume: str | Path | None = None) -> dict:
     """Pretrain (or resume) as `cfg` says. Returns a summary dict; writes RUN_DIR/{config.yaml,
     metrics.jsonl, checkpoints/last.pt, encoder.pt}. Raises Interrupted after a stop signal."""
+    started = time_budget.clock()      # a time budget counts from here: set-up, checkpoints, kNN passes
     ctx = dist_utils.setup(cfg.trainer.device)
     try:
+        # a fresh run's trainer.max_time now, so a bad one (slurm outside a job) fails before the set-up
+        resolved = time_budget.resolve(cfg.trainer, ask=ctx.is_main) if resume is None else None
         with StopSignals() as stop:
-            run = prepare_run(cfg, ctx, Path(resume) if resume else None)
+            run = prepare_run(cfg, ctx, Path(resume) if resume else None, started, resolved)
             try:
                 return run_steps(run, stop)
             finally:
@@ -55,12 +62,13 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict:
 
 
 def run_steps(run: Run, stop: StopSignals) -> dict:
-    t, spe, total, ctx = run.cfg.trainer, run.steps_per_epoch, run.total_steps, run.ctx
-    step, losses = run.start_step, LossWindow(t.log_every, ctx.device)
-    log.info("training %s on %s (%d images), %d steps of %d x %d, %s, %s", run.cfg.network.name,
-             run.cfg.data.name, run.n_images, total, t.batch_size, ctx.world_size, ctx.device, run.precision)
+    t, spe, ctx = run.cfg.trainer, run.steps_per_epoch, run.ctx
+    step, losses = run.start_step, LossWindow(t.log_every, ctx.device, extra=len(run.budget.message()))
+    log.info("training %s on %s (%d images), %s%d steps of %d x %d, %s, %s", run.cfg.network.name,
+             run.cfg.data.name, run.n_images, "up to " if run.budget.estimating else "", run.schedule.total,
+             t.batch_size, ctx.world_size, ctx.device, run.precision)
     t_start, last_knn = time.perf_counter(), None
-    while step < total:
+    while step < run.schedule.total:      # the total may change at a host sync (time budget: budget.py)
         epoch, skip = divmod(step, spe)
         run.start_epoch(epoch, skip)
         bar = tqdm(total=spe, initial=skip, desc=f"epoch {epoch + 1}",
@@ -71,18 +79,18 @@ def run_steps(run: Run, stop: StopSignals) -> dict:
             step += 1
             n_row += labels.shape[0] * ctx.world_size
             bar.update(1)
-            row_due = step % t.log_every == 0 or step == total
-            if not (row_due or step % t.checkpoint_interval == 0 or step % spe == 0):
+            row_due = step % t.log_every == 0 or step == run.schedule.total
+            if not (row_due or step % t.checkpoint_interval == 0 or step % spe == 0 or run.budget.sync_due(step)):
                 continue                                    # no sync: the device runs ahead
-            stop_signum = losses.sync(step, stop.signum, run)
-            if row_due:
+            stop_signum = losses.sync(step, stop.signum, run)   # may set a new total (time budget)
+            if row_due or step >= run.schedule.total:
                 now = time.perf_counter()
                 loss = losses.row_mean()
                 run.metrics.write({"step": step, "epoch": step / spe, "loss": loss, "lr": lr, "tau": tau,
                                    "img_per_s": n_row / (now - t_row), "collapse_std": collapse_indicator(z),
                                    "elapsed_s": now - t_start})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.4g}", tau=f"{tau:.4f}",
-                                img_s=f"{n_row / (now - t_row):.1f}")
+                                img_s=f"{n_row / (now - t_row):.1f}", **run.budget.postfix(step, run.schedule.total))
                 t_row, n_row = now, 0
             if stop_signum:
                 bar.close()
@@ -92,15 +100,17 @@ def run_steps(run: Run, stop: StopSignals) -> dict:
                                   stop_signum, step, path)
             if step % t.checkpoint_interval == 0:
                 run.save(step)
-            if step >= total:
+            if step >= run.schedule.total:
                 break
         bar.close()
-        if step % spe == 0 or step >= total:     # epoch end
+        done = step >= run.schedule.total
+        if step % spe == 0 or done:     # epoch end
             run.save(step)
             epoch_done = math.ceil(step / spe)
-            if run.knn_sets is not None and (epoch_done % t.knn_every == 0 or step >= total):
-                last_knn = knn_top1(run.online.encoder, *run.knn_sets, run.image_size, ctx.device, k=t.knn_k,
-                                    autocast=run.autocast)
+            if run.knn_sets is not None and (epoch_done % t.knn_every == 0 or done):
+                with run.budget.timing("knn"):      # counts against a time budget, not as step time
+                    last_knn = knn_top1(run.online.encoder, *run.knn_sets, run.image_size, ctx.device,
+                                        k=t.knn_k, autocast=run.autocast)
                 run.metrics.write({"step": step, "epoch": epoch_done, "knn_top1": last_knn})
                 log.info("epoch %d: kNN top-1 %.2f%%", epoch_done, last_knn)
     return finish(run, step, losses.last, last_knn, t_start)
@@ -119,8 +129,9 @@ def train_step(run: Run, images, step: int, losses: "LossWindow"):
     view1, view2 = (v.contiguous(memory_format=run.memory_format) for v in (view1, view2))
     if local is not None:
         local = local.contiguous(memory_format=run.memory_format)
-    lr = learning_rate_at(step, run.total_steps, run.warmup_steps, run.base_lr, run.cfg.optimizer.lr_schedule)
-    tau = ema_rate_at(step, run.total_steps, run.base_tau, t.m_schedule)
+    s = run.schedule
+    lr = learning_rate_at(step, s.total, s.warmup, s.base_lr, s.lr_schedule, s.start, s.lr_start)
+    tau = ema_rate_at(step, s.total, s.base_tau, s.m_schedule, s.start, s.ema_start)
     set_learning_rate(run.optimizer, lr)
     with run.autocast:
         loss, z = byol_loss(run.model, run.target, view1, view2, local)
@@ -137,8 +148,8 @@ def train_step(run: Run, images, step: int, losses: "LossWindow"):
 class LossWindow:
     """Step losses held on the device between syncs (at most `capacity` of them), then on the host."""
 
-    def __init__(self, capacity: int, device: torch.device):
-        self.values = torch.zeros(capacity + 1, device=device)   # [losses ..., stop request]
+    def __init__(self, capacity: int, device: torch.device, extra: int = 0):
+        self.values = torch.zeros(capacity + 1 + extra, device=device)   # [losses ..., stop request, budget]
         self.n, self.first_step = 0, 0
         self.since_row: list[float] = []                        # synced losses not yet in a metrics row
         self.last = float("nan")
@@ -150,12 +161,16 @@ class LossWindow:
         self.n += 1
 
     def sync(self, step: int, signum: int, run: Run) -> int:
-        """The one host sync: rank-mean losses since the last sync and any rank's stop request.
-        Returns the stop signal agreed by all ranks (0 = go on); raises TrainingError if a loss
-        was not finite (on every rank alike: the mean carries it)."""
-        self.values[self.n] = float(signum)
-        shared = dist_utils.all_reduce_mean(self.values[:self.n + 1]).tolist()
-        losses, requested = shared[:-1], shared[-1] > 0
+        """The one host sync: rank-mean losses since the last sync, any rank's stop request and
+        rank 0's time-budget decision (applied here, by every rank at this step). Returns the stop
+        signal agreed by all ranks (0 = go on); raises TrainingError if a loss was not finite (on
+        every rank alike: the mean carries it)."""
+        n, message = self.n, run.budget.message()
+        self.values[n] = float(signum)
+        for i, value in enumerate(message):                        # device fills: no host wait here
+            self.values[n + 1 + i] = value
+        shared = dist_utils.all_reduce_mean(self.values[:n + 1 + len(message)]).tolist()
+        losses, requested = shared[:n], shared[n] > 0
         self.n = 0
         bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
         if bad is not None:
@@ -167,6 +182,7 @@ class LossWindow:
                 f"optimizer.warmup_epochs, or use trainer.precision=fp32, then --resume {run.run_dir}")
         self.since_row += losses
         self.last = losses[-1] if losses else self.last
+        follow_budget(run, step, [v * run.ctx.world_size for v in shared[n + 1:]])   # sums: rank 0's values
         if not requested:
             return 0
         if run.ctx.distributed:   # which signal: the same on every rank, so all exit alike
@@ -178,6 +194,16 @@ class LossWindow:
         mean = sum(self.since_row) / max(1, len(self.since_row))
         self.since_row = []
         return mean
+
+
+def follow_budget(run: Run, step: int, received: list[float]) -> None:
+    """Apply rank 0's time-budget decision received at this host sync (every rank, the same step);
+    a final total goes into the run's config (config.yaml and later checkpoints) as max_steps."""
+    run.schedule, final = run.budget.at_sync(step, received, run.schedule)
+    if final:
+        run.cfg = replace(run.cfg, trainer=replace(run.cfg.trainer, max_steps=run.schedule.total))
+        if run.ctx.is_main:
+            save_config(run.cfg, run.run_dir / "config.yaml")
 
 
 def ranks_agree(online: torch.nn.Module) -> bool:
@@ -201,4 +227,10 @@ def finish(run: Run, step: int, final_loss: float, knn: float | None, t_start: f
                "ranks_in_sync": in_sync, "seconds": round(time.perf_counter() - t_start, 2)}
     if knn is not None:
         summary["knn_top1"] = knn
+    if run.budget.active:
+        left = run.budget.deadline - time_budget.clock()
+        summary["time_budget"] = {"max_time": run.budget.label, "seconds": run.budget.seconds,
+                                  "steps": run.schedule.total, "left_s": round(left, 2)}
+        log.info("time budget %s: finished %d steps %s %s the budget's end", run.budget.label, step,
+                 time_budget.describe(abs(left)), "before" if left >= 0 else "after")
     return summary

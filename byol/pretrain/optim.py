@@ -8,6 +8,7 @@ Schedules are pure functions of the step, so a resumed run recomputes them exact
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -83,15 +84,25 @@ def build_optimizer(cfg: OptimizerConfig, modules: list[nn.Module], global_batch
     raise ValueError(f"unknown optimizer.name {cfg.name!r}")
 
 
+def progress_at(step: int, total_steps: int, start: int = 0, start_progress: float = 0.0) -> float:
+    """Schedule progress in [0, 1]: `start_progress` at step `start`, linear to 1 at `total_steps`.
+    A plain run has start 0 and start_progress 0 (step / total); a run whose total changed at step
+    `start` (a time budget's correction, byol/pretrain/budget.py) keeps the progress it had there."""
+    return min(1.0, start_progress + (1.0 - start_progress) * ((step - start) / max(1, total_steps - start)))
+
+
 def learning_rate_at(step: int, total_steps: int, warmup_steps: int, base_lr: float,
-                     schedule: str) -> float:
-    """Linear warmup from 0, then cosine decay to 0 (paper Sec. 3.3) or constant."""
+                     schedule: str, start: int = 0, start_progress: float = 0.0) -> float:
+    """Linear warmup from 0, then cosine decay to 0 (paper Sec. 3.3) or constant. The cosine's
+    progress runs from the end of warmup, or from (`start`, `start_progress`) when start is later."""
     if warmup_steps > 0 and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return base_lr
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if start <= warmup_steps:
+        start, start_progress = warmup_steps, 0.0
+    progress = progress_at(step, total_steps, start, start_progress)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 AUTO_TAU_C, AUTO_TAU_RANGE = 3.0, (0.9, 0.996)
@@ -110,11 +121,64 @@ def base_ema_rate(m: float | str, total_steps: int) -> float:
     return min(hi, max(lo, 1.0 - AUTO_TAU_C / math.sqrt(max(1, total_steps))))
 
 
-def ema_rate_at(step: int, total_steps: int, base_tau: float, schedule: str) -> float:
-    """tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2 (Sec. 3.2), or constant tau_base."""
+def ema_rate_at(step: int, total_steps: int, base_tau: float, schedule: str, start: int = 0,
+                start_progress: float = 0.0) -> float:
+    """tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2 (Sec. 3.2), or constant tau_base; k / K is
+    `progress_at` (from (start, start_progress) after a change of the total)."""
     if schedule == "constant":
         return base_tau
-    return 1.0 - (1.0 - base_tau) * (math.cos(math.pi * min(1.0, step / max(1, total_steps))) + 1) / 2
+    progress = progress_at(step, total_steps, start, start_progress)
+    return 1.0 - (1.0 - base_tau) * (math.cos(math.pi * progress) + 1) / 2
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's LR and EMA schedules, pure functions of the step (so `--resume` recomputes them).
+
+    A plain run: warmup, then the cosines over `total` steps (start 0). A time-budgeted run may
+    change its total while it runs (byol/pretrain/budget.py): `rebased(step, total)` keeps the LR's
+    and tau's progress at that step and spreads the rest over the new remaining steps, so neither
+    curve jumps (only its slope changes). `state()` goes into checkpoints to continue it exactly.
+    """
+    total: int
+    warmup: int
+    base_lr: float
+    m: float | str                      # trainer.m: a number, or auto (from the total)
+    lr_schedule: str = "cosine"
+    m_schedule: str = "cosine"
+    start: int = 0                      # the step of the last change of the total (0: none)
+    lr_start: float = 0.0               # the LR cosine's progress there (0 while still in warmup)
+    ema_start: float = 0.0              # the EMA schedule's progress there
+
+    @property
+    def base_tau(self) -> float:
+        return base_ema_rate(self.m, self.total)
+
+    def lr(self, step: int) -> float:
+        return learning_rate_at(step, self.total, self.warmup, self.base_lr, self.lr_schedule, self.start,
+                                self.lr_start)
+
+    def tau(self, step: int) -> float:
+        return ema_rate_at(step, self.total, self.base_tau, self.m_schedule, self.start, self.ema_start)
+
+    def rebased(self, step: int, total: int) -> "Schedule":
+        """The same schedules ending at `total` instead, continuous at `step`."""
+        if total == self.total:
+            return self
+        lr_start = 0.0
+        if step > self.warmup:
+            start, p0 = (self.start, self.lr_start) if self.start > self.warmup else (self.warmup, 0.0)
+            lr_start = progress_at(step, self.total, start, p0)
+        return replace(self, total=total, start=step, lr_start=lr_start,
+                       ema_start=progress_at(step, self.total, self.start, self.ema_start))
+
+    def state(self) -> dict:
+        return {"total": self.total, "start": self.start, "lr_start": self.lr_start, "ema_start": self.ema_start}
+
+    def restored(self, state: dict) -> "Schedule":
+        """This schedule (settings from the config) at the total and anchor a checkpoint saved."""
+        return replace(self, total=int(state["total"]), start=int(state["start"]),
+                       lr_start=float(state["lr_start"]), ema_start=float(state["ema_start"]))
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

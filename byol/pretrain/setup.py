@@ -4,7 +4,8 @@ Built once, in this order: dataset and resumable sampler -> DataLoader (workers 
 signals, byol/stopping.py) -> online/target networks (SyncBatchNorm under DDP, channels_last) ->
 optimizer, gradient scaler (a no-op unless fp16) and the autocast context -> the resumed state
 (weights, optimizer, scaler, torch RNG, step) -> DDP wrapper, batched augmentation, metrics log
-and the kNN monitor's datasets. The loop (loop.py) then only steps.
+and the kNN monitor's datasets -> the LR/EMA schedule and the time budget (trainer.max_time:
+budget.py; a resumed run takes both from its checkpoint). The loop (loop.py) then only steps.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from byol.data import build_dataset, build_training_dataset
 from byol.data.augment import BYOLViews
 from byol.encoders.build import build_encoder, encoder_dim
 from byol.encoders.files import load_encoder
-from byol.pretrain.checkpoint import atomic_save, find_pretrained, load_training_checkpoint, make_checkpoint
+from byol.pretrain.checkpoint import (START_ENCODER_FILE, atomic_save, export_encoder, find_pretrained,
+                                      load_training_checkpoint, make_checkpoint)
 from byol.pretrain.metrics import MetricsLog
 from byol.pretrain.model import OnlineNetwork, TargetNetwork
-from byol.pretrain.optim import base_ema_rate, build_optimizer
+from byol.pretrain.budget import Budget, resolve as resolve_budget
+from byol.pretrain.optim import Schedule, build_optimizer
 from byol.stopping import ignore_stop_signals
 
 log = logging.getLogger("byol")
@@ -76,10 +79,8 @@ class Run:
     sampler: dist_utils.ResumableSampler
     loader: DataLoader                  # (uint8 [B, 3, H, W] or a dict of crops: crops.py, labels)
     steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    base_lr: float
-    base_tau: float                     # trainer.m, resolved (m=auto: from total_steps)
+    schedule: Schedule                  # LR and EMA schedules; its total may change under a time budget
+    budget: Budget                      # trainer.max_time (seconds 0: none)
     online: OnlineNetwork
     target: TargetNetwork | None        # None: SimSiam (use_momentum=false)
     model: torch.nn.Module
@@ -92,6 +93,10 @@ class Run:
     knn_sets: tuple | None              # (memory bank split, scored split) on rank 0 when knn_every > 0
     start_step: int
 
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.total
+
     def start_epoch(self, epoch: int, skip_batches: int) -> None:
         """Before the epoch's loader iterator exists: data order and (folders) crop randomness."""
         self.sampler.set_epoch(epoch, skip_batches=skip_batches)
@@ -100,15 +105,19 @@ class Run:
 
     def save(self, step: int) -> Path:
         """Write `checkpoint` atomically (rank 0); every rank waits until it is on disk."""
-        if self.ctx.is_main:
-            scaler = self.scaler if self.scaler.is_enabled() else None   # None: the format's "no scaler"
-            atomic_save(make_checkpoint(self.cfg, self.online, self.target, self.optimizer, scaler, step,
-                                        self.steps_per_epoch), self.checkpoint)
-        dist_utils.barrier()
+        with self.budget.timing("checkpoint"):
+            if self.ctx.is_main:
+                scaler = self.scaler if self.scaler.is_enabled() else None   # None: the format's "no scaler"
+                atomic_save(make_checkpoint(self.cfg, self.online, self.target, self.optimizer, scaler, step,
+                                            self.steps_per_epoch, self.budget.state(self.schedule)), self.checkpoint)
+            dist_utils.barrier()
         return self.checkpoint
 
 
-def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> Run:
+def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None, started: float = 0.0,
+                resolved: tuple[float, str] | None = None) -> Run:
+    """`started`: the time budget's clock when train() began; `resolved`: trainer.max_time as
+    (seconds, label) resolved then, or None to resolve it here if the run needs it."""
     t = cfg.trainer
     run_dir = resume if resume is not None else Path(t.run_dir)
     device, precision = ctx.device, resolve_precision(t.precision, ctx.device)
@@ -143,7 +152,7 @@ def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> Ru
 
     total_steps = t.max_steps or t.max_epochs * steps_per_epoch
     checkpoint = run_dir / "checkpoints" / "last.pt"
-    step = restore(checkpoint, resume is not None, ctx, online, target, optimizer, scaler, total_steps)
+    step, saved_budget = restore(checkpoint, resume is not None, ctx, online, target, optimizer, scaler, total_steps)
     model = DistributedDataParallel(online, device_ids=[device] if device.type == "cuda" else None) \
         if ctx.distributed else online
     tf = cfg.data_transforms
@@ -153,26 +162,72 @@ def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None) -> Ru
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        write_start_encoder(cfg, online, step, run_dir)
     metrics = MetricsLog(run_dir, ctx.is_main, t.tensorboard, resumed_step=step)
     knn_sets = None
     if t.knn_every > 0 and ctx.is_main:
         knn_sets = (build_dataset(cfg.data, size, cfg.data.knn_train_split),
                     build_dataset(cfg.data, size, cfg.data.eval_split))
+    schedule = Schedule(total_steps, round(cfg.optimizer.warmup_epochs * steps_per_epoch), base_lr, t.m,
+                        cfg.optimizer.lr_schedule, t.m_schedule)
+    time_budget, schedule = plan_budget(cfg, ctx, schedule, step, saved_budget, started, resolved, steps_per_epoch,
+                                        sum(len(s) for s in knn_sets) if knn_sets else 0)
     return Run(cfg=cfg, ctx=ctx, run_dir=run_dir, checkpoint=checkpoint, precision=precision,
                n_images=len(dataset), image_size=size, sampler=sampler, loader=loader,
-               steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-               warmup_steps=round(cfg.optimizer.warmup_epochs * steps_per_epoch),
-               base_lr=base_lr, base_tau=base_ema_rate(t.m, total_steps), online=online, target=target, model=model,
+               steps_per_epoch=steps_per_epoch, schedule=schedule, budget=time_budget, online=online,
+               target=target, model=model,
                optimizer=optimizer, scaler=scaler, autocast=autocast, memory_format=memory_format,
                augment=augment, metrics=metrics, knn_sets=knn_sets, start_step=step)
 
 
+def write_start_encoder(cfg: Config, online: OnlineNetwork, step: int, run_dir: Path) -> None:
+    """RUN_DIR/encoder-start.pt: the encoder as it is before the first step, the report's control.
+    Written by a run that starts at step 0 (fresh, or resumed before its first checkpoint); a run
+    resumed later keeps the file of its first start (its weights are no longer the start's)."""
+    path = run_dir / START_ENCODER_FILE
+    if step == 0:
+        export_encoder(cfg, online, 0, path)
+    elif not path.is_file():
+        log.info("%s has no %s (trained before byol wrote one): reports will say the starting-weights "
+                 "control is missing", run_dir, START_ENCODER_FILE)
+
+
+def plan_budget(cfg: Config, ctx: dist_utils.Context, schedule: Schedule, step: int, saved: dict | None,
+                started: float, resolved: tuple[float, str] | None, steps_per_epoch: int,
+                knn_images: int) -> tuple[Budget, Schedule]:
+    """The run's time budget and the schedule it starts on. Fresh: trainer.max_time's seconds, the
+    schedule over the upper bound until rank 0 has measured. Resumed: the checkpoint's budget and
+    schedule (never measured again; a total overridden on the command line is rebased at `step`)."""
+    t = cfg.trainer
+    if saved is None and not resolved:
+        resolved = resolve_budget(t, ask=ctx.is_main)
+    seconds, label = (saved["seconds"], saved["label"]) if saved else resolved
+    if not seconds:
+        return Budget(), schedule
+    upper = schedule.total
+    if saved:
+        schedule = schedule.restored(saved["schedule"])
+        if not saved["estimating"] and upper != schedule.total:      # e.g. --resume RUN trainer.max_steps=N
+            log.info("time budget %s: trainer.max_steps=%d given on --resume replaces the chosen %d steps",
+                     label, upper, schedule.total)
+            schedule = schedule.rebased(step, upper)
+    budget = Budget(seconds, label, started=started, used=saved["used_s"] if saved else 0.0, upper=upper,
+                    estimating=saved["estimating"] if saved else True, first_step=step, is_main=ctx.is_main,
+                    steps_per_epoch=steps_per_epoch, checkpoint_interval=t.checkpoint_interval,
+                    knn_every=t.knn_every, knn_images=knn_images, batch_size=t.batch_size,
+                    global_batch=t.batch_size * ctx.world_size)
+    if ctx.is_main:
+        budget.log_start(step, schedule.total, resumed=saved is not None)
+    return budget, schedule
+
+
 def restore(checkpoint: Path, resuming: bool, ctx: dist_utils.Context, online, target, optimizer, scaler,
-            total_steps: int) -> int:
+            total_steps: int) -> tuple[int, dict | None]:
     """Load `checkpoint` into the networks, optimizer, scaler and torch RNG; returns its step (0
-    when not resuming, or when the run stopped before writing its first checkpoint)."""
+    when not resuming, or when the run stopped before writing its first checkpoint) and its time
+    budget entry (None: none)."""
     if not resuming:
-        return 0
+        return 0, None
     if ctx.is_main:
         for stale in checkpoint.parent.glob(".*.tmp-*"):    # a checkpoint write cut short by a kill
             log.info("removing %s, left by an interrupted checkpoint write", stale)
@@ -180,7 +235,7 @@ def restore(checkpoint: Path, resuming: bool, ctx: dist_utils.Context, online, t
     if not checkpoint.exists():
         log.info("%s has no checkpoint yet (stopped before the first one): starting it from step 0",
                  checkpoint.parent.parent)
-        return 0
+        return 0, None
     state = load_training_checkpoint(checkpoint)
     online.load_state_dict(state["online"])
     if target is not None:
@@ -190,4 +245,4 @@ def restore(checkpoint: Path, resuming: bool, ctx: dist_utils.Context, online, t
         scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
     log.info("resumed %s at step %d of %d", checkpoint, state["step"], total_steps)
-    return state["step"]
+    return state["step"], state.get("budget")

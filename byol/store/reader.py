@@ -220,6 +220,22 @@ class FeatureStore:
         """All source paths, or None when the store was written without them."""
         return self._column("paths").tolist() if self.has_paths else None
 
+    def take(self, rows, field: str = "embeddings") -> np.ndarray:
+        """Rows `rows` (store row numbers [n], any order) of one field, in that order; one block in
+        memory at a time (a few rows picked from a store of any size)."""
+        rows = np.asarray(rows, np.int64)
+        if rows.size and not (0 <= rows.min() and rows.max() < self.n_rows):
+            raise IndexError(f"{self.split_dir}: rows outside 0..{self.n_rows - 1}")
+        out, start = None, 0
+        for block in self.iter_blocks(fields=(field,)):
+            values = block[field]
+            if out is None:
+                out = np.empty((len(rows), *values.shape[1:]), values.dtype)
+            inside = (rows >= start) & (rows < start + len(values))
+            out[inside] = values[rows[inside] - start]
+            start += len(values)
+        return out if out is not None else np.empty((0,), np.float32)
+
     def to_array(self, max_bytes: int = 2 * 2**30) -> np.ndarray:
         """The whole embeddings matrix [N, dim] float32, refused above max_bytes so a big store can't exhaust RAM."""
         need = self.n_rows * self.dim * 4
