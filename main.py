@@ -3,11 +3,8 @@
     python main.py                                      # ./config.yaml (STL-10, downloads if absent)
     python main.py --config configs/demo.yaml           # embedded digits dataset, no download
     python main.py trainer.max_epochs=1 data.root=/data # any section.key=value overrides the file
-    python main.py data.name=folder data.root=~/photos  # your own images (class subfolders optional)
     python main.py --resume runs/byol                   # continue from runs/byol/checkpoints/last.pt
     torchrun --nproc-per-node=4 main.py                 # DDP: nccl on GPUs, gloo on CPU
-    torchrun --nnodes=2 --node-rank=0 --master-addr=HOST --master-port=29500 \\
-             --nproc-per-node=8 main.py                 # two nodes (run with --node-rank=1 on the other)
 
 Full reference: byol/pretrain/command.py (`python main.py --help`).
 """

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
     from byol.encoders.build import build_encoder
-    from byol.data.stl10 import write_stl10_binary
+    from tests.testkit import write_stl10_binary
     sizes = sorted(set(args.n_images))
     with tempfile.TemporaryDirectory() as tmp:
         write_stl10_binary(Path(tmp) / "stl", n_train=max(sizes[-1], args.throughput_images), n_test=1,

@@ -66,7 +66,7 @@ def run(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
 
 
 def stl10_files(root: Path, n_train: int) -> Path:
-    from byol.data.stl10 import write_stl10_binary
+    from tests.testkit import write_stl10_binary
     write_stl10_binary(root, n_train=n_train, n_test=64, n_unlabeled=8)
     return root
 

@@ -4,7 +4,7 @@ the same network untrained (its step-0 weights, RUN_DIR/encoder-start.pt) and ra
 
 Once, on a machine that has ../shared (the GPU machine has neither network nor ../shared):
 
-    python benchmarks/gpu_learning.py --pack     # -> .gpu_data/cifar10: 4,000 train + 500 test JPEGs a class, 41 MB
+    python benchmarks/gpu_learning.py --pack     # -> .gpu_data/cifar10: 2,500 train + 500 test JPEGs a class, ~28 MB
 
 On the GPU machine (its system python3, torch 2.11, no venv), carrying the git-ignored .gpu_data
 (and .whl, the byol-pytorch wheels gpu_check's peer row needs), this proof first, then the GPU check,
@@ -266,7 +266,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", action="store_true", help="write the CIFAR-10 subset into --data and stop")
     ap.add_argument("--source", type=Path, default=SOURCE, help="--pack's CIFAR-10 .tar")
-    ap.add_argument("--train-per-class", type=int, default=4000, help="--pack: train JPEGs a class")
+    # 25,000 + 5,000 files: the folder travels in a checkout copy of at most 64 MiB, where each
+    # ~1 KB JPEG may also cost an archive header and padding (40,000 + 5,000 could pass 64 MiB)
+    ap.add_argument("--train-per-class", type=int, default=2500, help="--pack: train JPEGs a class")
     ap.add_argument("--test-per-class", type=int, default=500, help="--pack: test JPEGs a class")
     ap.add_argument("--data", type=Path, default=PACKED, help="the packed folder (train/ and test/)")
     ap.add_argument("--budget", type=float, default=240.0, help="pretraining wall-clock seconds")

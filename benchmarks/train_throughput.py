@@ -25,8 +25,9 @@ import torch  # noqa: E402
 
 from byol.data.augment import BYOLViews  # noqa: E402
 from byol.config import load_config  # noqa: E402
-from byol.data.stl10 import write_stl10_binary  # noqa: E402
-from byol.pretrain.loop import resolve_precision, train  # noqa: E402
+from byol.pretrain.loop import train  # noqa: E402
+from byol.pretrain.setup import resolve_precision  # noqa: E402
+from tests.testkit import write_stl10_binary  # noqa: E402
 
 
 def augmentation_ms(batch: int, size: int, device: torch.device, repeats: int = 10) -> float:

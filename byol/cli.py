@@ -2,8 +2,10 @@
 the command-line flags more than one command takes (declared once, here, so they cannot drift).
 
 User mistakes (ConfigError, DataError, CheckpointError) print `error: <message>` and exit 2, with
-no traceback; a stopped training run or a failed write (disk full) exits 1; one stopped by a signal (byol/stopping.py) 128 + its number. On success the command's
-result is printed as one JSON object on the last line of stdout, for scripts and people alike.
+no traceback; a training run that cannot go on, an export that does not match PyTorch, or a failed
+write (disk full) exits 1; one stopped by a signal (byol/stopping.py) 128 + its number. On success
+the command's result is printed as one JSON object on the last line of stdout, for scripts and
+people alike.
 """
 from __future__ import annotations
 
@@ -13,11 +15,10 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Callable
 
-from byol.config import Config, ConfigError, from_dict, load_config, parse_overrides
-from byol.errors import CheckpointError, DataError, Interrupted, TrainingError, WriteError
+from byol.config import Config, from_dict, parse_overrides
+from byol.errors import CheckpointError, ConfigError, DataError, ExportError, Interrupted, TrainingError, WriteError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -48,7 +49,7 @@ def run_command(main: Callable[[], dict | None]) -> None:
     except USER_ERRORS as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         sys.exit(2)
-    except (TrainingError, WriteError) as e:
+    except (TrainingError, ExportError, WriteError) as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         sys.exit(1)
     except Interrupted as e:
@@ -146,45 +147,7 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-# ------------------------------------------------------------------ training: fresh or resumed
-def config_for_run(config_file: str | Path | None, overrides: list[str], resume: str | Path | None = None, *,
-                   resume_if_found: bool = False) -> tuple[Config, Path | None]:
-    """The config a training run uses and the run directory it continues (None: a fresh run).
-
-    resume=RUN_DIR continues that run: the config saved in its checkpoints/last.pt (or its
-    config.yaml when it stopped before the first checkpoint) with `overrides` on top; config_file
-    is not read. Otherwise config_file (default ./config.yaml) <- overrides, and with
-    resume_if_found (the pipeline) a trainer.run_dir already holding checkpoints/last.pt is
-    continued in the same way. trainer.device is checked against this machine here, so a wrong
-    one is named as that config key before anything starts.
-    """
-    from byol.pretrain.checkpoint import resume_config   # torch: only commands that train get here
-    cfg = None
-    if resume is None:
-        cfg = load_config(config_file or DEFAULT_CONFIG, overrides)
-        found = Path(cfg.trainer.run_dir) / "checkpoints" / "last.pt"
-        if resume_if_found and found.is_file():
-            logging.getLogger("byol").info("found %s: resuming that run", found)
-            resume = found.parent.parent
-    elif config_file is not None:
-        logging.getLogger("byol").warning("--config %s is not read with --resume: the run continues with "
-                                          "its saved config (overrides still apply)", config_file)
-    if resume is not None:
-        resume = Path(resume)
-        cfg = resume_config(resume, overrides)
-    check_training_device(cfg.trainer.device)
-    return cfg, resume
-
-
-def check_training_device(preference: str) -> None:
-    """trainer.device usable here (under torchrun: for this LOCAL_RANK)? Else a ConfigError naming the key."""
-    from byol.distributed import DeviceError, resolve_device
-    try:
-        resolve_device(preference, int(os.environ.get("LOCAL_RANK", "0")))
-    except DeviceError as e:
-        raise e.for_setting("config key 'trainer.device'", "trainer.device=") from None
-
-
+# ------------------------------------------------------------------ a --device flag's value
 def usable_device(preference: str, flag: str = "--device") -> str:
     """The device `flag` asked for, resolved on this machine ("auto" -> cuda:0 or cpu), or a
     ConfigError naming the flag."""

@@ -3,8 +3,8 @@ same function as the script or module it mirrors.
 
     byol train ...        = python main.py ...                          (byol.pretrain.command)
     byol extract ...      = python -m byol.extract ...
-    byol eval ...         = python eval/load_and_train.py ...           (byol.evaluate.train_head)
-    byol baselines ...    = python eval/baselines.py ...                (byol.evaluate.baselines)
+    byol eval ...         = python eval/load_and_train.py ...           (byol.eval_commands)
+    byol baselines ...    = python eval/baselines.py ...                (byol.eval_commands)
     byol latent ...       = python latent_eval/generate_latent_out.py ...
     byol export ...       = python -m byol.export ...
     byol pipeline ...     = python -m byol.pipeline ...
@@ -21,12 +21,12 @@ import sys
 
 from byol import __version__
 
-# subcommand: (module, what it does)
+# subcommand: (module, or module:function when not its main, what it does)
 SUBCOMMANDS = {
     "train": ("byol.pretrain.command", "pretrain an encoder with BYOL (main.py)"),
     "extract": ("byol.extract", "embed a dataset split into an HDF5 feature store"),
-    "eval": ("byol.evaluate.train_head", "train and test an MLP or linear head on stored features"),
-    "baselines": ("byol.evaluate.baselines", "logistic regression, kNN, PCA baselines on stored features"),
+    "eval": ("byol.eval_commands:head_main", "train and test an MLP or linear head on stored features"),
+    "baselines": ("byol.eval_commands:baselines_main", "logistic regression, kNN, PCA baselines on stored features"),
     "latent": ("byol.latent", "latent vectors for any images (store, .npy or .csv)"),
     "export": ("byol.export", "export the encoder to TorchScript or ONNX"),
     "pipeline": ("byol.pipeline", "train, extract, evaluate and report in one command"),
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)} (byol --help)",
               file=sys.stderr)
         sys.exit(2)
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    module.main(rest, prog=f"byol {name}")
+    module, _, function = SUBCOMMANDS[name][0].partition(":")
+    getattr(importlib.import_module(module), function or "main")(rest, prog=f"byol {name}")
 
 
 if __name__ == "__main__":

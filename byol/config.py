@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,10 +20,8 @@ from pathlib import Path
 import yaml
 
 from byol.atomic import atomic_write_text
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config file or override; the message names the key and what to do."""
+from byol.encoders.names import is_resnet_name
+from byol.errors import ConfigError
 
 
 @dataclass
@@ -382,14 +379,6 @@ def find_config_file(path: str | Path) -> Path:
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (temp file + rename)."""
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-# torchvision's ResNet family (ResNet, ResNeXt, Wide ResNet): the only networks the small stem applies to.
-RESNET_NAMES = re.compile(r"^(resnet\d+|resnext\d+_\w+|wide_resnet\d+_\d+)$")
-
-
-def is_resnet_name(name: str) -> bool:
-    return bool(RESNET_NAMES.match(name))
 
 
 def small_stem_for(cfg: Config) -> bool:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
-from byol.config import ConfigError
+from byol.errors import ConfigError
 
 
 @dataclass

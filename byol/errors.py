@@ -1,7 +1,14 @@
-"""Errors for user mistakes. Entry points print their one-line message (no traceback) and exit 2.
+"""The exception types commands map to exit codes (byol/cli.py's `run_command`).
 
-Each message names the file or key at fault and says what to do.
+User mistakes (ConfigError, DataError and StoreError, CheckpointError) print their one-line
+message, no traceback, and exit 2; each message names the file or key at fault and says what to do.
+Work that cannot go on (TrainingError, ExportError, WriteError) prints its message and exits 1;
+Interrupted exits 128 + the signal number.
 """
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file, override or flag; the message names the key and what to do."""
 
 
 class DataError(ValueError):
@@ -14,6 +21,10 @@ class CheckpointError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class ExportError(RuntimeError):
+    """An exported model does not reproduce the PyTorch encoder (other shape, or beyond --tolerance)."""
 
 
 class StoreError(DataError):

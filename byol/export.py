@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from byol.config import ConfigError
-from byol.errors import TrainingError
 from byol.encoders.source import load_source
+from byol.errors import ConfigError, ExportError
 
 log = logging.getLogger("byol")
 
@@ -94,7 +93,7 @@ def export(checkpoint, fmt: str, out, trust_checkpoint: bool = False, tolerance:
         expected = module(x).numpy()
     got = run(x)
     if got.shape != expected.shape:
-        raise TrainingError(f"exported model gives {got.shape}, PyTorch {expected.shape}")
+        raise ExportError(f"exported model gives {got.shape}, PyTorch {expected.shape}")
     max_diff = float(np.abs(got - expected).max())
     spec = {"format": fmt, "file": out.name, "encoder": source.name, "output_dim": source.dim,
             "input": {"name": "images" if fmt == "onnx" else "x", "shape": ["N", 3, size, size],
@@ -109,7 +108,7 @@ def export(checkpoint, fmt: str, out, trust_checkpoint: bool = False, tolerance:
     summary = {"out": str(out), "spec": str(json_path), "format": fmt, "encoder": source.name,
                "output_dim": source.dim, "image_size": size, "max_abs_diff": max_diff, "ok": max_diff <= tolerance}
     if max_diff > tolerance:
-        raise TrainingError(f"exported {fmt} model differs from PyTorch by {max_diff:.3g} (> {tolerance}); "
+        raise ExportError(f"exported {fmt} model differs from PyTorch by {max_diff:.3g} (> {tolerance}); "
                             f"summary: {json.dumps(summary)}")
     return summary
 

@@ -8,7 +8,7 @@
     python -m byol.extract --encoder pixels --split train --out pixels/ [--config FILE] [k=v ...]
     torchrun --nproc-per-node=4 -m byol.extract runs/byol/encoder.pt --split unlabeled --out features/
 
-Writes OUT/SPLIT/{shard-00000.h5, ..., manifest.json} (layout: byol/store.py) and prints a JSON
+Writes OUT/SPLIT/{shard-00000.h5, ..., manifest.json} (layout: byol/store/reader.py) and prints a JSON
 summary as its last line. Data settings come from the checkpoint's saved config, then --config FILE
 (for `--encoder pixels`: --config or ./config.yaml; a torchvision state dict has no saved config),
 then `section.key=value` arguments. Pixels are stored as value / 255, flattened CHW (27,648 per STL-10 image).
@@ -39,9 +39,8 @@ from byol.cli import (DEFAULT_CONFIG, add_checkpoint_arguments, add_config_argum
                       add_loader_arguments, add_overwrite_argument, add_progress_argument, check_overrides,
                       looks_like_override, parse_arguments, run_command)
 from byol.pretrain.checkpoint import library_versions
-from byol.config import ConfigError
 from byol.data import build_dataset
-from byol.errors import Interrupted, StoreError
+from byol.errors import ConfigError, Interrupted, StoreError
 from byol.encoders.source import PIXELS, PRECISIONS, load_source
 from byol.data.batches import default_workers, iter_batches
 from byol.store.sink import ShardSink

@@ -95,7 +95,7 @@ def _draw(query_images, query_labels, panels, train, train_labels, names, path: 
         images = iter(neighbour_images)
         axes[0, left + 1].set_title(f"{title}: {k} nearest training images", loc="left", fontsize=8)
         for i in range(n):
-            _tile(axes[i, left], query_images[i], QUERY, _name(names, query_labels[i]))
+            _tile(axes[i, left], query_images[i], QUERY, class_name(names, query_labels[i]))
             for j in range(k):
                 if rows[i, j] < 0:
                     continue
@@ -111,7 +111,8 @@ def _draw(query_images, query_labels, panels, train, train_labels, names, path: 
     return path
 
 
-def _name(names: list, label: int) -> str:
+def class_name(names: list, label: int) -> str:
+    """A label's class name (its number where the store lists no names; 'unlabeled' for -1)."""
     return names[label] if 0 <= label < len(names) else ("unlabeled" if label < 0 else str(label))
 
 

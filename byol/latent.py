@@ -19,7 +19,7 @@ checkpoint's image size), i.e. exactly as `python -m byol.extract` computes them
 
 Outputs (`--format`):
 
-  store (default)    OUT/ is one split directory of the feature store (byol/store.py): shards
+  store (default)    OUT/ is one split directory of the feature store (byol/store/): shards
                      OUT/shard-NNNNN.h5 + OUT/manifest.json. Row fields: embeddings, labels (-1
                      for files, the dataset label for split: inputs), indices (the input's position
                      among all inputs, skipped ones included), paths (the input path as given,
@@ -54,8 +54,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from byol.config import ConfigError
-from byol.errors import DataError, Interrupted
+from byol.errors import ConfigError, DataError, Interrupted
 from byol.encoders.source import load_source
 from byol.data.batches import read_rows
 from byol.data.image_folder import EXTENSIONS, find_images, decode_image
@@ -329,8 +328,8 @@ def build_parser(doc: str | None = None, prog: str = "python latent_eval/generat
                         help="image files, folders, .txt lists, split:NAME (repeatable)")
     parser.add_argument("--out", required=True, help="store: a directory; npy/csv: the file name stem")
     parser.add_argument("--format", choices=FORMATS, default="store")
-    parser.add_argument("--head", default=None, help="a head file from eval/load_and_train.py (.safetensors, or a "
-                        "version 1 .pt): also write hidden, probs, pred")
+    parser.add_argument("--head", default=None, help="a head file from eval/load_and_train.py (.safetensors): "
+                        "also write hidden, probs, pred")
     parser.add_argument("--strict", action="store_true", help="exit 2 naming any input that is not an image")
     parser.add_argument("--rows-per-shard", type=int, default=10_000)
     add_loader_arguments(parser)

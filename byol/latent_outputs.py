@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.config import ConfigError
+from byol.errors import ConfigError
 from byol.store.lock import exclusive_writer
 from byol.store.resume import finished_files
 from byol.store.writer import ShardWriter, write_manifest

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from byol.atomic import atomic_write_text
-from byol.cli import (DEFAULT_CONFIG, add_config_arguments, check_overrides, config_for_run, parse_arguments,
-                      run_command)
+from byol.cli import DEFAULT_CONFIG, add_config_arguments, check_overrides, parse_arguments, run_command
+from byol.pretrain.command import config_for_run
 
 log = logging.getLogger("byol")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.gallery import thumbnails
+from byol.gallery import class_name, thumbnails
 
 
 def stratified_rows(labels: np.ndarray, max_rows: int, seed: int = 0) -> np.ndarray:
@@ -46,7 +46,7 @@ def write_projector(log_dir: Path, test_stores: dict, max_rows: int = 2000, thum
     labels = first.labels()
     rows = stratified_rows(labels, max_rows, seed)
     names = list(first.attrs.get("classes") or [])
-    metadata = [names[y] if 0 <= y < len(names) else ("unlabeled" if y < 0 else str(y)) for y in labels[rows]]
+    metadata = [class_name(names, y) for y in labels[rows]]
     sprite = torch.from_numpy(thumbnails(first, rows, thumbnail)).float().div_(255)   # [n, 3, t, t] in [0, 1]
     log_dir = Path(log_dir)
     for tag in stores:          # add_embedding warns (on stdout) about a folder an earlier report left

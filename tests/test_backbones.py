@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 
 from byol import BYOL
-from byol.config import ConfigError, load_config
+from byol.config import load_config
 from byol.encoders.build import build_encoder
+from byol.errors import ConfigError
 from byol.export import export
 from byol.extract import extract
 from byol.latent import generate

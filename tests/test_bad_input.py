@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from byol.config import Config, ConfigError, from_dict, load_config, to_dict
+from byol.config import Config, from_dict, load_config, to_dict
+from byol.errors import ConfigError
 from byol.extract import main as extract_main
 from byol.store import FeatureStore
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import byol.pretrain.loop as loop
-from byol.config import ConfigError, load_config
-from byol.errors import Interrupted
+from byol.config import load_config
+from byol.errors import ConfigError, Interrupted
 from byol.pretrain import budget
 from byol.pretrain.checkpoint import load_training_checkpoint, resume_config
 from byol.pretrain.command import main as train_main
@@ -186,3 +186,10 @@ def test_slurm_budget_is_the_jobs_time_left_less_the_margin(tmp_path):
     fake_command(tmp_path / "scontrol", "scontrol", "JobId=42 EndTime=Unknown")     # no time limit
     with pytest.raises(ConfigError, match="trainer.max_time': Slurm job 42 reports no end time"):
         budget.resolve(trainer, env)
+
+
+def test_one_slow_stretch_does_not_set_the_runs_length():
+    # steps between host syncs: 20 at 1.0 s, 20 at 1.6 s (another process started), 40 at 1.0 s
+    intervals = [(20, 20.0), (20, 32.0), (40, 40.0)]
+    assert budget.typical_step_time(intervals) == 1.0          # a mean would say 1.15 s a step
+    assert budget.typical_step_time([(2, 5.0), (1, 1.0)]) == 2.5   # a majority of slow steps is the rate

@@ -1,5 +1,6 @@
 """One command-line path (byol/cli.py): shared flags with one default, one override syntax, the
-fresh-or-resume decision, and device errors named by the flag or key that held the value.
+fresh-or-resume decision (training's command, byol/pretrain/command.py), and device errors named by
+the flag or key that held the value.
 
 Parsers are built and entry points called in-process (a Python start with torch costs seconds)."""
 import subprocess
@@ -11,9 +12,11 @@ import pytest
 import torch
 
 from byol import cli
-from byol.config import ConfigError, load_config, to_dict
+from byol.config import load_config, to_dict
 from byol.distributed import DeviceError, resolve_device
+from byol.errors import ConfigError
 from byol.evaluate.options import Options, add_baseline_arguments, add_common_arguments, add_head_arguments
+from byol.pretrain import command as train_command
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -32,7 +35,6 @@ def parsers():
 def run_entry(capsys, command: str, argv: list[str]) -> tuple[int, str]:
     """Call a command's main(argv) in-process; (exit code, stderr)."""
     from byol import extract, latent, pipeline
-    from byol.pretrain import command as train_command
     main = {"main": train_command.main, "pipeline": pipeline.main, "extract": extract.main,
             "latent": latent.main}[command]
     capsys.readouterr()
@@ -139,27 +141,28 @@ def test_device_errors_carry_the_value_and_each_caller_names_its_setting(capsys,
         cli.usable_device("gpu")
     assert cli.usable_device("cpu") == "cpu"
     with pytest.raises(ConfigError, match=r"^config key 'trainer.device' is 'cuda:99' but .*use trainer.device=cpu"):
-        cli.config_for_run(DEMO, ["trainer.device=cuda:99", f"trainer.run_dir={tmp_path / 'run'}"])
+        train_command.config_for_run(DEMO, ["trainer.device=cuda:99", f"trainer.run_dir={tmp_path / 'run'}"])
     assert not (tmp_path / "run").exists()
 
 
 def test_fresh_or_resume_is_decided_once(tmp_path):
     run = tmp_path / "run"
-    cfg, resume = cli.config_for_run(DEMO, [f"trainer.run_dir={run}", "trainer.seed=5"])
+    cfg, resume = train_command.config_for_run(DEMO, [f"trainer.run_dir={run}", "trainer.seed=5"])
     assert resume is None and cfg.trainer.seed == 5 and cfg.data.name == "digits"
-    cfg, resume = cli.config_for_run(DEMO, [f"trainer.run_dir={run}"], resume_if_found=True)
+    cfg, resume = train_command.config_for_run(DEMO, [f"trainer.run_dir={run}"], resume_if_found=True)
     assert resume is None                                  # nothing there yet: a fresh run
     saved = load_config(DEMO, [f"trainer.run_dir={run}", "trainer.max_steps=7", "trainer.seed=9"])
     (run / "checkpoints").mkdir(parents=True)
     torch.save({"format": "byol-checkpoint", "config": to_dict(saved)}, run / "checkpoints" / "last.pt")
-    for cfg, resume in (cli.config_for_run(DEMO, [f"trainer.run_dir={run}", "trainer.seed=1"], resume_if_found=True),
-                        cli.config_for_run(None, ["trainer.seed=1"], run)):
+    for cfg, resume in (train_command.config_for_run(DEMO, [f"trainer.run_dir={run}", "trainer.seed=1"],
+                                                     resume_if_found=True),
+                        train_command.config_for_run(None, ["trainer.seed=1"], run)):
         assert resume == run and cfg.trainer.max_steps == 7      # the run's saved config ...
         assert cfg.trainer.seed == 1 and cfg.trainer.run_dir == str(run)   # ... with the overrides on top
     with pytest.raises(ConfigError, match="no checkpoint"):
-        cli.config_for_run(None, [], tmp_path / "no-run")
+        train_command.config_for_run(None, [], tmp_path / "no-run")
     with pytest.raises(ConfigError, match="config file 'nowhere.yaml' not found"):
-        cli.config_for_run("nowhere.yaml", [])
+        train_command.config_for_run("nowhere.yaml", [])
 
 
 def test_cli_and_evaluation_options_never_import_torch():

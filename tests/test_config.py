@@ -2,7 +2,8 @@
 import pytest
 import yaml
 
-from byol.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
+from byol.config import Config, from_dict, load_config, save_config, to_dict
+from byol.errors import ConfigError
 
 SEED_CONFIG = """\
 network:

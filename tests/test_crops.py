@@ -6,14 +6,16 @@ import pytest
 import torch
 from PIL import Image
 
-from byol.config import ConfigError, load_config
+from byol.config import load_config
 from byol.data import FolderCropViews, ImageFolder, build_training_dataset
 from byol.data.augment import BYOLViews, blur_enabled
 from byol.data.image_folder import decode_crops
+from byol.errors import ConfigError
 from byol.pretrain.model import OnlineNetwork, byol_loss
 from byol.pretrain.optim import base_ema_rate
 from byol.encoders.build import build_encoder
-from byol.data.stl10 import write_stl10_binary
+
+from testkit import write_stl10_binary
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

@@ -19,7 +19,9 @@ from byol.data.digits import Digits
 from byol.data import build_dataset, dataset_labels
 from byol.errors import DataError
 from byol.data.image_folder import ImageFolder
-from byol.data.stl10 import RECORD, STL10, download_stl10, write_stl10_binary
+from byol.data.stl10 import RECORD, STL10, download_stl10
+
+from testkit import write_stl10_binary
 
 
 # ---------------------------------------------------------------------------------------- STL-10

@@ -1,9 +1,8 @@
 """encoder.pt is a plain torchvision state dict, with its metadata in encoder.json and the same tensors in
-encoder.safetensors; old wrapper files still load everywhere; a small stem fails loudly in a plain
-resnet18 (CPU, seconds)."""
+encoder.safetensors; the wrapped encoder.pt of before the first release is refused with one clear error
+everywhere; a small stem fails loudly in a plain resnet18 (CPU, seconds)."""
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,8 @@ from byol.export import export
 from byol.extract import extract
 from byol.latent import generate
 from byol.pretrain.checkpoint import export_encoder, load_training_checkpoint
-from byol.pretrain.loop import build_networks, train
+from byol.pretrain.loop import train
+from byol.pretrain.setup import build_networks
 from byol.store import FeatureStore
 
 from testkit import TINY
@@ -37,17 +37,6 @@ def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("encoder-file") / "run"
     train(load_config(None, SMALL + [f"trainer.run_dir={run}"]))
     return run
-
-
-def old_layout(run_dir: Path, path: Path) -> Path:
-    """encoder.pt as training wrote it before version 2: the state dict inside a metadata wrapper."""
-    meta = json.loads((run_dir / "encoder.json").read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "byol-encoder", "state_dict": torch.load(run_dir / "encoder.pt", weights_only=True),
-                "network": meta["network"], "small_stem": meta["small_stem"], "feature_dim": meta["feature_dim"],
-                "image_size": meta["image_size"], "step": meta["step"], "config": meta["config"],
-                "versions": meta["versions"]}, path)
-    return path
 
 
 def test_encoder_pt_loads_into_torchvision_resnet18(run_dir):
@@ -138,21 +127,36 @@ def test_a_json_that_does_not_describe_the_weights_is_refused(run_dir, tmp_path)
         load_source(truncated)
 
 
-def test_old_layout_still_loads_in_extract_latent_export_and_fine_tuning(run_dir, tmp_path):
-    old = old_layout(run_dir, tmp_path / "old" / "encoder.pt")
-    new_rows = FeatureStore.open(extract(run_dir / "encoder.pt", "test", tmp_path / "new", **FAST)["split_dir"])
-    old_rows = FeatureStore.open(extract(old, "test", tmp_path / "from-old", **FAST)["split_dir"])
-    assert len(new_rows) == 16 and old_rows.attrs["image_size"] == new_rows.attrs["image_size"] == 16
-    np.testing.assert_array_equal(old_rows.to_array(), new_rows.to_array())
-    assert old_rows.attrs["step"] == new_rows.attrs["step"] == 1
-    generate(old, ["split:test"], tmp_path / "latent", fmt="npy", progress=False, batch_size=8)
-    np.testing.assert_array_equal(np.load(tmp_path / "latent.npy"), new_rows.to_array())
-    exported = export(old, "torchscript", tmp_path / "old.ts")
+def test_extract_latent_export_and_fine_tuning_read_the_encoder_file(run_dir, tmp_path):
+    rows = FeatureStore.open(extract(run_dir / "encoder.pt", "test", tmp_path / "new", **FAST)["split_dir"])
+    assert len(rows) == 16 and rows.attrs["image_size"] == 16 and rows.attrs["step"] == 1
+    generate(run_dir / "encoder.pt", ["split:test"], tmp_path / "latent", fmt="npy", progress=False, batch_size=8)
+    np.testing.assert_array_equal(np.load(tmp_path / "latent.npy"), rows.to_array())
+    exported = export(run_dir / "encoder.pt", "torchscript", tmp_path / "encoder.ts")
     assert exported["image_size"] == 16 and exported["max_abs_diff"] <= 1e-5
     state = torch.load(run_dir / "encoder.pt", weights_only=True)
-    for pretrained in (old, run_dir / "encoder.pt", run_dir):          # a file of either layout, or the run
+    for pretrained in (run_dir / "encoder.pt", run_dir):                # the file, or the run directory
         online, _ = build_networks(load_config(None, SMALL + [f"network.fine_tune_from={pretrained}"]))
         assert all(torch.equal(v, state[k]) for k, v in online.encoder.state_dict().items())
+
+
+def test_the_wrapped_encoder_file_of_before_the_first_release_is_refused_naming_it(run_dir, tmp_path):
+    """encoder.pt as training wrote it before the first release: the state dict inside a metadata wrapper."""
+    meta = json.loads((run_dir / "encoder.json").read_text())
+    old = tmp_path / "old" / "encoder.pt"
+    old.parent.mkdir()
+    torch.save({"format": "byol-encoder", "state_dict": torch.load(run_dir / "encoder.pt", weights_only=True),
+                "network": meta["network"], "small_stem": meta["small_stem"], "step": meta["step"],
+                "config": meta["config"]}, old)
+    refused = r"old/encoder\.pt' is an encoder file in the format written before byol's first release.*retrain"
+    for read in (lambda: load_encoder(old), lambda: load_source(old),
+                 lambda: extract(old, "test", tmp_path / "from-old", **FAST),
+                 lambda: generate(old, ["split:test"], tmp_path / "latent", fmt="npy", progress=False, batch_size=8),
+                 lambda: export(old, "torchscript", tmp_path / "old.ts"),
+                 lambda: build_networks(load_config(None, SMALL + [f"network.fine_tune_from={old}"]))):
+        with pytest.raises(CheckpointError, match=refused):
+            read()
+    assert not (tmp_path / "from-old").exists() and not (tmp_path / "old.ts").exists()
 
 
 def test_small_stem_encoder_fails_loudly_in_a_plain_resnet18(tmp_path):

@@ -12,15 +12,16 @@ import torchvision
 from PIL import Image
 
 import byol.store.sink as shard_sink_module
+from byol.atomic import file_sha256
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from byol.data.digits import Digits
 from byol.errors import StoreError
 from byol.extract import extract, main
 from byol.encoders.build import build_encoder
-from byol.data.stl10 import STL10, write_stl10_binary
-from byol.store import FeatureStore, file_sha256, shard_name
+from byol.data.stl10 import STL10
+from byol.store import FeatureStore, shard_name
 
-from testkit import run_cli
+from testkit import run_cli, write_stl10_binary
 
 FAST = dict(rows_per_shard=40, batch_size=16, progress=False)   # 96 test digits -> 3 shards
 

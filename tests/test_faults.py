@@ -27,10 +27,11 @@ import pytest
 import torch
 
 import byol.pretrain.checkpoint as ckpt_module
+from byol.atomic import file_sha256
 from byol.config import load_config
 from byol.errors import StoreError, WriteError
 from byol.extract import extract
-from byol.store import FeatureStore, file_sha256
+from byol.store import FeatureStore
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
 from byol.store.lock import exclusive_writer

@@ -152,20 +152,13 @@ def test_head_file_round_trip_and_torch_reads_it(separable, tmp_path):
     assert load_head(result["head_file"])[1]["metrics"]["top1"] == result["top1"]   # first file unchanged
 
 
-def test_version_1_head_files_still_load(tmp_path):
-    """Heads written by earlier releases (torch.save of a dict) give the same outputs as before."""
-    head = build_head("mlp", 6, 3, hidden=(4,), seed=3, classes=[2, 5, 7], mean=np.arange(6), std=np.full(6, 2.0))
-    twin = torch_twin(head)
+def test_version_1_head_files_are_refused_naming_the_file(tmp_path):
+    """Heads written before the first release (torch.save of a dict) are no longer read: one clear error."""
     torch.save({"format": "byol-head", "version": 1, "kind": "mlp", "in_dim": 6, "hidden": [4], "dropout": 0.1,
                 "n_classes": 3, "classes": [2, 5, 7], "mean": torch.arange(6.0), "std": torch.full((6,), 2.0),
-                "state_dict": {k: v.clone() for k, v in twin.state_dict().items()}, "store_attrs": {},
-                "metrics": {"top1": 50.0}}, tmp_path / "old.pt")
-    loaded, meta = load_head(tmp_path / "old.pt")
-    x = np.random.default_rng(0).standard_normal((9, 6)).astype(np.float32)
-    with torch.no_grad():
-        expected = torch_logits(twin.eval(), head, x).softmax(1).numpy()
-    np.testing.assert_allclose(head_outputs(loaded, x).probs, expected, atol=1e-6)
-    assert set(head_outputs(loaded, x).pred) <= {2, 5, 7} and meta["metrics"] == {"top1": 50.0}
+                "state_dict": {}, "store_attrs": {}, "metrics": {"top1": 50.0}}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old\.pt: a version 1 head file .* retrain the head"):
+        load_head(tmp_path / "old.pt")
 
 
 def test_bad_head_files_name_the_file(tmp_path):

@@ -77,7 +77,7 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path):
     assert not torch.equal(init["layer1.0.conv1.weight"],
                            trained["layer1.0.conv1.weight"])
     from byol.config import load_config
-    from byol.pretrain.loop import build_networks
+    from byol.pretrain.setup import build_networks
     cfg = load_config(run / "config.yaml", [])
     torch.manual_seed(cfg.trainer.seed)
     online, _ = build_networks(cfg)

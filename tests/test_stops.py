@@ -22,12 +22,12 @@ import pytest
 import torch
 from PIL import Image
 
+from byol.atomic import file_sha256
 from byol.config import load_config
 from byol.extract import extract
 from byol.latent import generate
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
-from byol.store import file_sha256
 
 from testkit import REPO, TINY
 

@@ -15,7 +15,7 @@ from byol.errors import Interrupted
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
 
-from testkit import TINY, run_cli
+from testkit import TINY, run_cli, write_stl10_binary
 
 
 def tiny_config(tmp_path, *extra):
@@ -165,7 +165,6 @@ def test_bf16_loss_curve_tracks_fp32(tmp_path):
 
 
 def test_trains_on_stl10_binary_files_with_loader_workers(tmp_path):
-    from byol.data.stl10 import write_stl10_binary
     write_stl10_binary(tmp_path / "data", n_train=16, n_test=8, n_unlabeled=24)
     summary = train(tiny_config(tmp_path, "data.name=stl10", f"data.root={tmp_path / 'data'}",
                                 "data.split=train+unlabeled", "data.download=false",

@@ -50,7 +50,7 @@ def test_wheel_holds_the_package_its_configs_and_the_console_script(installed):
     wheel, env_dir, work = installed
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("byol/__init__.py", "byol/py.typed", "byol/configs/config.yaml", "byol/configs/demo.yaml",
-                   "byol/store/reader.py", "byol/evaluate/train_head.py", "byol/pretrain/command.py"):
+                   "byol/store/reader.py", "byol/eval_commands.py", "byol/pretrain/command.py"):
         assert needed in names, needed
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "byol = byol.commands:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

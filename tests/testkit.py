@@ -1,9 +1,11 @@
-"""What several test files share: the tiny pretraining settings, the encoder-file and feature-store
-writers, and the two ways of running a command.
+"""What several test files share: the tiny pretraining settings, the encoder-file, STL-10-file and
+feature-store writers, and the two ways of running a command.
 
 Test files import from here (pytest puts tests/ on sys.path before it imports conftest.py and the
 test files, so no sys.path edit is needed); the fixtures built on these helpers (the shared tiny
 trained run, the evaluation stores) live in conftest.py. Test files never import one another.
+The benchmarks that need STL-10 files import `write_stl10_binary` as `tests.testkit` (they put the
+repository root on sys.path).
 """
 from __future__ import annotations
 
@@ -41,11 +43,33 @@ def write_encoder(path: str | Path, encoder, overrides: list[str], step: int = 1
     """
     from byol.config import load_config
     from byol.pretrain.checkpoint import export_encoder
-    from byol.pretrain.loop import build_networks
+    from byol.pretrain.setup import build_networks
     cfg = load_config(None, list(overrides))
     online, _ = build_networks(cfg)
     online.encoder.load_state_dict(encoder.state_dict())
     return export_encoder(cfg, online, step, Path(path))
+
+
+# --------------------------------------------------------------------------- STL-10 files
+
+def write_stl10_binary(root, n_train: int = 20, n_test: int = 10, n_unlabeled: int = 30,
+                       seed: int = 0) -> Path:
+    """Write a tiny random STL-10 in the exact official layout under ROOT/stl10_binary/; return that
+    folder. Images go to disk column-major, as the real files are, so readers are really tested."""
+    from byol.data.stl10 import CLASSES, FOLDER, SIDE     # torch: only the callers that need these files
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, n in (("train", n_train), ("test", n_test), ("unlabeled", n_unlabeled)):
+        images = rng.integers(0, 256, (n, 3, SIDE, SIDE), dtype=np.uint8)   # CHW
+        images.transpose(0, 1, 3, 2).tofile(folder / f"{part}_X.bin")
+        if part != "unlabeled":
+            rng.integers(1, 11, n, dtype=np.uint8).tofile(folder / f"{part}_y.bin")
+    fold_size = max(1, n_train // 5)
+    folds = [" ".join(map(str, rng.choice(n_train, fold_size, replace=False))) for _ in range(10)]
+    (folder / "fold_indices.txt").write_text("\n".join(folds) + "\n")
+    (folder / "class_names.txt").write_text("\n".join(CLASSES) + "\n")
+    return folder
 
 
 # --------------------------------------------------------------------------- feature stores

@@ -244,21 +244,3 @@ def download_stl10(root, url: str | None = None, md5: str | None = None, progres
         raise DataError(f"could not extract '{archive}': {e}") from None
     return root / FOLDER
 
-
-def write_stl10_binary(root, n_train: int = 20, n_test: int = 10, n_unlabeled: int = 30,
-                       seed: int = 0) -> Path:
-    """Write a tiny random STL-10 in the exact official layout under ROOT/stl10_binary/; return that
-    folder. Images go to disk column-major, as the real files are, so readers are really tested."""
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    for part, n in (("train", n_train), ("test", n_test), ("unlabeled", n_unlabeled)):
-        images = rng.integers(0, 256, (n, 3, SIDE, SIDE), dtype=np.uint8)   # CHW
-        images.transpose(0, 1, 3, 2).tofile(folder / f"{part}_X.bin")
-        if part != "unlabeled":
-            rng.integers(1, 11, n, dtype=np.uint8).tofile(folder / f"{part}_y.bin")
-    fold_size = max(1, n_train // 5)
-    folds = [" ".join(map(str, rng.choice(n_train, fold_size, replace=False))) for _ in range(10)]
-    (folder / "fold_indices.txt").write_text("\n".join(folds) + "\n")
-    (folder / "class_names.txt").write_text("\n".join(CLASSES) + "\n")
-    return folder

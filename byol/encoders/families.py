@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from byol.config import ConfigError, is_resnet_name
+from byol.encoders.names import is_resnet_name
+from byol.errors import ConfigError
 
 CLASSIFIER_ATTRS = ("fc", "classifier", "heads", "head")
 # Builders whose defaults return auxiliary outputs in train mode; an encoder needs one tensor.

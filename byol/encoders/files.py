@@ -1,13 +1,14 @@
 """Reading any encoder file safely: `torch.load(..., weights_only=True)` (or safetensors) with clear
 errors, and the backbone in torchvision's key names from every layout this project reads:
 
-    torchvision      encoder.pt written by training since version 2: a plain state dict (tensors
-                     only), with its metadata in encoder.json beside it (see ENCODER_FORMAT below);
-                     also any plain ResNet state dict, and encoder.safetensors (the same tensors)
-    byol-encoder     encoder.pt written by training before: {"format": "byol-encoder",
-                     "state_dict": ..., "network", "small_stem", "step", "config", ...}
+    torchvision      encoder.pt written by training: a plain state dict (tensors only), with its
+                     metadata in encoder.json beside it (see ENCODER_FORMAT below); also any plain
+                     ResNet state dict, and encoder.safetensors (the same tensors)
     byol-checkpoint  a training checkpoint (checkpoints/last.pt): the online encoder
     foreign          byol-pytorch, sthalles/PyTorch-BYOL, solo-learn, mmpretrain (byol.encoders.foreign)
+
+encoder.pt as training wrote it before the project's first release ({"format": "byol-encoder",
+"state_dict": ...}) is refused with an error naming the file and what to use instead.
 
 `load_encoder(path)` is the one way the commands (extract, latent vectors, export, fine_tune_from)
 read an encoder. No pickle code ever runs unless the user passes trust=True (`--trust-checkpoint`).
@@ -24,9 +25,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_tensors
 
 from byol.atomic import file_sha256
-from byol.config import is_resnet_name
 from byol.encoders.build import infer_resnet
 from byol.encoders.foreign import convert_foreign
+from byol.encoders.names import is_resnet_name
 from byol.errors import CheckpointError
 
 # encoder.json: {"format": ENCODER_FORMAT, "version": 2, "network", "small_stem", "feature_dim",
@@ -107,9 +108,12 @@ def encoder_state_from(obj: dict, path: str | Path = "<dict>") -> tuple[dict, di
     `fc.*` keys are dropped. A plain state dict's metadata is only its architecture, inferred from the
     shapes (`load_encoder` adds the encoder.json beside the file)."""
     fmt = obj.get("format")
-    if fmt == ENCODER_FORMAT:    # encoder.pt before version 2: the state dict inside a wrapper
-        state, meta = obj["state_dict"], {k: v for k, v in obj.items() if k != "state_dict"}
-    elif fmt == "byol-checkpoint":
+    if fmt == ENCODER_FORMAT:    # encoder.pt before the first release: the state dict inside a wrapper
+        raise CheckpointError(f"'{path}' is an encoder file in the format written before byol's first release "
+                              f"(format={ENCODER_FORMAT!r} around the state dict), which this version no longer "
+                              f"reads; load the run's checkpoints/last.pt instead, or re-export the encoder "
+                              f"(`python main.py --resume RUN_DIR` rewrites encoder.pt) or retrain")
+    if fmt == "byol-checkpoint":
         state = strip_prefix(obj["online"], "encoder.")
         cfg = obj["config"]["network"]
         meta = {"network": cfg["name"], "small_stem": bool(obj.get("small_stem", False)),

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from byol.config import Config, ConfigError, is_resnet_name, load_config, to_dict
+from byol.config import Config, load_config, to_dict
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from byol.encoders.build import build_encoder, encoder_dim
 from byol.encoders.files import load_encoder
-from byol.errors import CheckpointError
+from byol.encoders.names import is_resnet_name
+from byol.errors import CheckpointError, ConfigError
 
 PIXELS = "pixels"
 PRECISIONS = ("fp32", "bf16")

@@ -9,8 +9,8 @@
 Why safetensors: it holds only arrays and strings (nothing to unpickle, so a head file from anyone
 is safe to open), it is written from numpy without torch, and torch reads it too:
 `safetensors.torch.load_file(path)` gives a state dict for the equivalent nn.Sequential (see
-byol.evaluate.heads). Version 1 files (`torch.save` of a dict, earlier releases of this project)
-are still read, with `torch.load(weights_only=True)`.
+byol.evaluate.heads). Version 1 files (`torch.save` of a dict, written before this project's first
+release) are not read: loading one is an error that names it and says to retrain the head.
 
 Use: `head, meta = load_head(path)`; `save_head(path, head_record(head, kind, store_attrs, metrics))`.
 """
@@ -30,7 +30,6 @@ from byol.store.format import to_json
 FORMAT = "byol-head"
 VERSION = 2
 SUFFIX = ".safetensors"
-META_KEYS = ("kind", "in_dim", "hidden", "dropout", "n_classes", "classes", "store_attrs", "metrics")
 
 
 def head_record(head: Head, kind: str, store_attrs: dict, metrics: dict) -> dict:
@@ -62,9 +61,9 @@ def load_head(path: str | Path) -> tuple[Head, dict]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such head file: train one with eval/load_and_train.py")
     if zipfile.is_zipfile(path):                    # torch.save's format: a version 1 head file
-        tensors, meta = _read_version_1(path)
-    else:
-        tensors, meta = _read_safetensors(path)
+        raise CheckpointError(f"{path}: a version 1 head file (torch.save, written before byol's first release), "
+                              f"which this version no longer reads; retrain the head with eval/load_and_train.py")
+    tensors, meta = _read_safetensors(path)
     try:
         head = build_head(meta["kind"], int(meta["in_dim"]), int(meta["n_classes"]), meta["hidden"],
                           float(meta["dropout"]), classes=meta["classes"], mean=tensors.pop("mean"),
@@ -97,23 +96,3 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     except (KeyError, ValueError):
         raise CheckpointError(f"{path}: head file without readable metadata") from None
     return tensors, meta
-
-
-def _read_version_1(path: Path) -> tuple[dict, dict]:
-    """A head written by torch.save (version 1); torch is imported only here."""
-    import torch
-
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a head file"
-        raise CheckpointError(f"{path}: not a readable head file ({type(e).__name__}: {e})") from None
-    found = record.get("format") if isinstance(record, dict) else type(record).__name__
-    if found != FORMAT:
-        raise CheckpointError(f"{path}: not a byol-head file (format {found!r})")
-    try:
-        tensors = {k: v.numpy() for k, v in record["state_dict"].items()}
-        tensors.update(mean=record["mean"].numpy(), std=record["std"].numpy())
-    except (KeyError, AttributeError) as e:
-        raise CheckpointError(f"{path}: version 1 head file without {e}") from None
-    return tensors, {k: record.get(k) for k in ("format", "version", *META_KEYS)}
-

@@ -23,18 +23,14 @@ SUB_ROWS = 512                      # queries per similarity matrix (SUB_ROWS x 
 DEFAULT_K = {"temperature": 200, "uniform": 10}
 
 
-def weighted_vote(sim, neighbor_labels, n_classes: int, temperature: float):
+def weighted_vote(sim: np.ndarray, neighbor_labels: np.ndarray, n_classes: int, temperature: float) -> np.ndarray:
     """Wu et al. 2018 vote: votes[i, c] = sum_j [label_ij == c] exp(sim_ij / T).
 
-    sim, neighbor_labels [n, k] (numpy arrays or torch tensors, alike) -> votes [n, n_classes].
-    Labels < 0 (no neighbour) add nothing. byol.pretrain.monitor (the training-time kNN monitor) uses this too.
+    sim, neighbor_labels [n, k] -> votes [n, n_classes]. Labels < 0 (no neighbour) add nothing.
+    byol.pretrain.monitor (the training-time kNN monitor) uses this too, through `vote`.
     """
-    if isinstance(sim, np.ndarray):
-        weight = np.exp(sim.astype(np.float64) / temperature)
-        return _bincount_votes(neighbor_labels, weight, n_classes)
-    weight = (sim / temperature).exp()
-    votes = weight.new_zeros(sim.shape[0], n_classes)
-    return votes.scatter_add_(1, neighbor_labels, weight)
+    weight = np.exp(sim.astype(np.float64) / temperature)
+    return _bincount_votes(neighbor_labels, weight, n_classes)
 
 
 def uniform_vote(neighbor_labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
-from byol.cli import add_overwrite_argument
-from byol.config import ConfigError
+from byol.errors import ConfigError
 from byol.evaluate.blocks import DEFAULT_BLOCK_ROWS
 
 METHODS = ("logreg", "knn", "pca-logreg", "pca-knn")
@@ -106,7 +105,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     _option(p, "--no-verify", dest="verify", action="store_false",
             help="skip checking every shard's SHA-256 before reading")
     _option(p, "--results-dir", help="default: <train>/../results")
-    add_overwrite_argument(p, "replace <method>.json etc. (default: write <method>-2.json, -3, ...)")
+    _option(p, "--overwrite", action="store_true",
+            help="replace <method>.json etc. (default: write <method>-2.json, -3, ...)")
     _option(p, "--epochs", type=int, help="epochs (the maximum when chosen on validation)")
     _option(p, "--lr", type=float, help="AdamW learning rate")
     _option(p, "--batch-size", type=int, help="rows per head training step")

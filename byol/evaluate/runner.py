@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from byol.config import ConfigError
+from byol.errors import ConfigError
 from byol.evaluate.blocks import fit_standardizer
 from byol.evaluate.options import METHODS, Options
 from byol.evaluate.results import Tally, default_dir, free_stem, write_results
@@ -24,7 +24,7 @@ from byol.store import FEATURE_ATTRS
 log = logging.getLogger(__name__)
 
 
-def _finish(method: str, data: EvalData, opts: Options, scores, info: dict, started: float,
+def _finish(method: str, data: EvalData, scores, info: dict, started: float,
             extra: dict | None = None) -> tuple[dict, Tally]:
     """Tally the test scores and assemble the result dict (not yet written)."""
     tally = Tally(data.classes, data.test_labels[data.test_mask])
@@ -88,7 +88,7 @@ def _baseline(method: str, data: EvalData, opts: Options, transforms: _Transform
         scores, info = evaluate_knn(data, opts, transform, method)
     else:
         raise ValueError(f"unknown method {method!r}: choose from {METHODS}")
-    result, tally = _finish(method, data, opts, scores, info, started, extra)
+    result, tally = _finish(method, data, scores, info, started, extra)
     return _write(result, tally, data, opts)
 
 
@@ -136,7 +136,7 @@ def run_head(kind: str, train: str | Path, test: str | Path, opts: Options | Non
     scaler = fit_standardizer(data.train, data.train_mask, opts.block_rows)
     model, info = fit_selected(data, opts, kind, mean=scaler.mean, std=scaler.scale)
     scores = predict_blocks(model, data.test, data.test_mask, opts.block_rows, desc="test")
-    result, tally = _finish(kind, data, opts, scores, info, started)
+    result, tally = _finish(kind, data, scores, info, started)
     result["head_file"] = str(head_path)
     result = _write(result, tally, data, opts)
     save_head(head_path, head_record(model, kind, data.train.attrs, result))

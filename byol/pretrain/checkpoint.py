@@ -27,9 +27,9 @@ The encoder alone is three files, written in this order by `export_encoder`:
 report scores beside the trained encoder, so it says what pretraining added. A resumed run keeps
 the file of its first start.
 
-Before version 2, encoder.pt was {"format": "byol-encoder", "state_dict": ..., "network", ...};
-such files still load everywhere. Reading goes through `byol.encoders.files` (`load_encoder`,
-`torch.load(..., weights_only=True)`).
+Reading goes through `byol.encoders.files` (`load_encoder`, `torch.load(..., weights_only=True)`);
+the wrapped encoder.pt written before the first release ({"format": "byol-encoder", "state_dict":
+...}) is refused there with an error saying what to use instead.
 """
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ from safetensors.torch import save_file
 
 from byol import __version__
 from byol.atomic import atomic_path, atomic_write_text, file_sha256
-from byol.config import Config, ConfigError, load_config, small_stem_for, to_dict
+from byol.config import Config, load_config, small_stem_for, to_dict
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol.encoders.files import ENCODER_FORMAT, load_file, metadata_path
-from byol.errors import CheckpointError
+from byol.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:   # model.py imports nothing from here, but the annotation needs no runtime import
     from byol.pretrain.model import OnlineNetwork

@@ -35,10 +35,10 @@ from byol.pretrain.checkpoint import export_encoder
 from byol.pretrain.model import byol_loss, collapse_indicator
 from byol.pretrain.monitor import knn_top1
 from byol.pretrain.optim import ema_rate_at, learning_rate_at, set_learning_rate
-from byol.pretrain.setup import Run, build_networks, prepare_run, resolve_precision
+from byol.pretrain.setup import Run, prepare_run
 from byol.stopping import StopSignals, iterate, signal_name
 
-__all__ = ["train", "build_networks", "resolve_precision", "ranks_agree"]
+__all__ = ["train", "ranks_agree"]
 
 log = logging.getLogger("byol")
 

@@ -18,7 +18,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from byol import distributed as dist_utils
-from byol.config import Config, ConfigError, save_config, small_stem_for
+from byol.config import Config, save_config, small_stem_for
+from byol.errors import ConfigError
 from byol.data import build_dataset, build_training_dataset
 from byol.data.augment import BYOLViews
 from byol.encoders.build import build_encoder, encoder_dim

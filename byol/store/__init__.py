@@ -7,10 +7,9 @@
     resume.py   a split dir ready for a (re)run; which finished shards a rerun keeps
     lock.py     exclusive_writer: one writer per store (flock)
 
-The only code that opens shards or manifests. Torch-free (enforced by tests/test_store.py):
+The only code that opens shards or manifests. Torch-free (enforced by tests/test_store_api.py):
 evaluation reads stores without importing torch.
 """
-from byol.atomic import file_sha256
 from byol.store.format import (DTYPES, FEATURE_ATTRS, FEATURE_SETTINGS, FIELDS, FORMAT, MANIFEST, MAX_CHUNK_BYTES,
                                VERSION, chunk_rows, shard_name, to_json)
 from byol.store.lock import exclusive_writer
@@ -20,4 +19,4 @@ from byol.store.writer import ShardWriter, write_manifest
 
 __all__ = ["DTYPES", "FEATURE_ATTRS", "FEATURE_SETTINGS", "FIELDS", "FORMAT", "MANIFEST", "MAX_CHUNK_BYTES",
            "VERSION", "FeatureStore", "ShardSink", "ShardWriter", "check_compatible", "chunk_rows",
-           "exclusive_writer", "file_sha256", "shard_name", "to_json", "write_manifest"]
+           "exclusive_writer", "shard_name", "to_json", "write_manifest"]
