@@ -13,14 +13,11 @@ neighbours), for a closer look.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from byol.atomic import atomic_write_text
-
-log = logging.getLogger("byol")
 
 MATCH, MISMATCH, UNKNOWN, QUERY = "#2ca02c", "#d62728", "#999999", "#000000"
 
@@ -47,11 +44,9 @@ def thumbnails(store, rows: np.ndarray, size: int) -> np.ndarray:
         np.zeros((0, 3, size, size), np.uint8)
 
 
-def gallery_neighbours(train_dir: Path, test_dir: Path, queries: np.ndarray, k: int = 5) -> np.ndarray:
-    """Train-store rows [n, k] nearest to test-store rows `queries`, best first."""
+def gallery_neighbours(train, test, queries: np.ndarray, k: int = 5) -> np.ndarray:
+    """Rows [n, k] of the `train` store nearest to rows `queries` of the `test` store, best first."""
     from byol.evaluate.neighbors import nearest_rows
-    from byol.store import FeatureStore
-    test, train = FeatureStore.open(test_dir), FeatureStore.open(train_dir)
     _, rows = nearest_rows(train, test.take(queries), k)
     return rows
 
@@ -64,10 +59,10 @@ def write_gallery(stores: dict, out: Path, k: int = 5, size: int = 64) -> Path:
     train = FeatureStore.open(stores["byol_train"])
     labels, train_labels = test.labels(), train.labels()
     queries = query_rows(labels)
-    panels = [("BYOL", gallery_neighbours(stores["byol_train"], stores["byol_test"], queries, k))]
+    panels = [("BYOL", gallery_neighbours(train, test, queries, k))]
     if stores.get("start_train") and stores.get("start_test"):
-        panels.append(("starting weights",
-                       gallery_neighbours(stores["start_train"], stores["start_test"], queries, k)))
+        panels.append(("starting weights", gallery_neighbours(
+            FeatureStore.open(stores["start_train"]), FeatureStore.open(stores["start_test"]), queries, k)))
     query_images = thumbnails(test, queries, size)
     names = list(test.attrs.get("classes") or [])
     train_items = train.indices()
