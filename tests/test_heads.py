@@ -16,7 +16,8 @@ from byol.evaluate.head_file import head_record, load_head, save_head
 from byol.evaluate.heads import build_head, cross_entropy, head_outputs
 from byol.evaluate.runner import run_head
 from byol.evaluate.splits import prepare
-from byol.evaluate.training import AdamW, best_epoch, fit_selected, predict_blocks
+from byol.evaluate.passes import score_blocks
+from byol.evaluate.training import AdamW, best_epoch, fit_selected
 
 from testkit import ATTRS, FAST, run_cli
 
@@ -139,7 +140,7 @@ def test_head_file_round_trip_and_torch_reads_it(separable, tmp_path):
         probs = torch_logits(twin, loaded, x).softmax(1).numpy()
     np.testing.assert_allclose(probs, b.probs, atol=1e-6)
     assert tensors["classes"].tolist() == [0, 1, 2, 3, 4]
-    scored = np.concatenate([p for p, _ in predict_blocks(loaded, data.test, data.test_mask, 16)])
+    scored = np.concatenate([p for p, _ in score_blocks(loaded.probabilities, data.test, data.test_mask, 16)])
     np.testing.assert_allclose(scored[:len(x)], b.probs, atol=1e-6)
     # run_head's file reproduces its own test figure; a second run never overwrites it
     result = run_head("linear", train, test, replace(FAST, epochs=3))

@@ -12,6 +12,7 @@ images, so every method is compared on the same features. One concept per module
     heads      MLP / linear heads in numpy: forward, gradients, hidden activations + probabilities
     head_file  a trained head's file (safetensors + JSON metadata), written atomically, read without pickle
     training   training a head (numpy AdamW) over shuffled row blocks, epochs chosen on validation
+    passes     what heads and logreg's SGD share: a shuffled epoch, scoring block by block, validation figures
     options    the settings every method shares, and their command-line flags
     runner     one method end to end: data -> fit -> test figures -> results files
 

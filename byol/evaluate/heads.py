@@ -92,6 +92,10 @@ class Head:
         """[n, in_dim] -> [n, n_classes], eval mode (no dropout)."""
         return self.classify(self.features(x))
 
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """[n, in_dim] -> class probabilities [n, n_classes] (columns: self.classes), eval mode."""
+        return softmax(self.logits(x))
+
     def forward_train(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list]:
         """Logits [n, n_classes] with dropout on, and what backward needs (each layer's input and mask)."""
         h = self.standardise(x)

@@ -12,12 +12,13 @@ torch is never imported, so the process stays small. The JSON says which ran (`s
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import Callable
 
 import numpy as np
 
-from byol.evaluate.blocks import (SHUFFLE_BLOCK_BYTES, SHUFFLE_BLOCKS, iter_rows, progress, rows_for,
-                                  transformed)
+from byol.evaluate.blocks import iter_rows, progress
+from byol.evaluate.passes import Scorer, epoch_rng, run_epochs, score_blocks, shuffled_epoch, validation_scores
 from byol.evaluate.results import accuracy
 
 
@@ -68,6 +69,17 @@ def class_proba(model, x: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
+def class_scorer(model, n_classes: int) -> Scorer:
+    """The fitted model as a scorer for byol.evaluate.passes: embeddings [n, d] -> class_proba [n, n_classes]."""
+    return partial(class_proba, model, n_classes=n_classes)
+
+
+def score_test_rows(model, data, opts, transform: Callable):
+    """(probabilities [n, C], true labels [n]) of the test rows, block by block (a lazy iterator)."""
+    return score_blocks(class_scorer(model, data.n_classes), data.test, data.test_mask, opts.block_rows,
+                        transform, "test")
+
+
 def evaluate_logreg(data, opts, transform: Callable, method: str = "logreg"):
     """Returns (iterator of (probabilities [n, C], true labels [n]) over test blocks, info)."""
     out_dim = getattr(transform, "out_dim", data.train.dim)
@@ -92,13 +104,7 @@ def evaluate_logreg(data, opts, transform: Callable, method: str = "logreg"):
     info = {"solver": "lbfgs", "streams": False, "selected": {"C": C}, "selection": selection,
             "max_iter": opts.max_iter, "n_iter": int(np.max(model.n_iter_)),
             "converged": bool(np.max(model.n_iter_) < opts.max_iter), "memory_estimate_mb": need / 2**20}
-
-    def test_scores():
-        with progress(data.test.n_rows, "test") as bar:
-            for block in transformed(iter_rows(data.test, data.test_mask, opts.block_rows, bar=bar), transform):
-                yield class_proba(model, block["embeddings"], data.n_classes), block["labels"]
-
-    return test_scores(), info
+    return score_test_rows(model, data, opts, transform), info
 
 
 def _sgd(C: float, n: int, seed: int):
@@ -108,20 +114,24 @@ def _sgd(C: float, n: int, seed: int):
 
 def _sgd_epoch(model, data, mask: np.ndarray, opts, epoch: int, transform: Callable) -> None:
     """One partial_fit pass over the selected rows, in shuffled blocks (seeded per epoch)."""
-    rng = np.random.default_rng([opts.seed, epoch])
-    block = rows_for(data.train.dim, opts.block_rows, SHUFFLE_BLOCK_BYTES)
-    classes = np.arange(data.n_classes)
-    with progress(data.train.n_rows, f"sgd pass {epoch + 1}") as bar:
-        for chunk in transformed(iter_rows(data.train, mask, block, rng=rng, mix=SHUFFLE_BLOCKS, bar=bar),
-                                 transform):
-            model.partial_fit(chunk["embeddings"], data.encode(chunk["labels"]), classes=classes)
-            del chunk          # free this shuffle buffer before the next one is read
+    classes = np.arange(data.n_classes)      # partial_fit needs them all: a buffer may lack some
+    rng = epoch_rng(opts.seed, epoch)
+    for chunk in shuffled_epoch(data.train, mask, opts.block_rows, rng, transform, f"sgd pass {epoch + 1}"):
+        model.partial_fit(chunk["embeddings"], data.encode(chunk["labels"]), classes=classes)
+        del chunk          # free this shuffle buffer before the next one is read
 
 
-def _sgd_scores(model, store, mask, opts, transform, n_classes: int, desc: str):
-    with progress(store.n_rows, desc) as bar:
-        for block in transformed(iter_rows(store, mask, opts.block_rows, bar=bar), transform):
-            yield class_proba(model, block["embeddings"], n_classes), block["labels"]
+def _fit_sgd(C: float, n: int, data, mask: np.ndarray, epochs: int, opts, transform: Callable,
+             validate: bool = False) -> tuple[object, list[float]]:
+    """(model after `epochs` passes over the mask's n rows, validation top-1 % after each pass if validate)."""
+    model = _sgd(C, n, opts.seed)
+
+    def on_validation() -> tuple[float, float]:
+        return validation_scores(class_scorer(model, data.n_classes), data, opts.block_rows, transform)
+
+    curve = run_epochs(lambda epoch: _sgd_epoch(model, data, mask, opts, epoch, transform), epochs,
+                       on_validation if validate else None)
+    return model, [top1 for top1, _ in curve]
 
 
 def _streaming(data, opts, transform: Callable, need: int, budget: int):
@@ -129,17 +139,8 @@ def _streaming(data, opts, transform: Callable, need: int, budget: int):
     n_fit, n_train = int(data.fit_mask.sum()), int(data.train_mask.sum())
     grid = [opts.C] if opts.C is not None else list(opts.C_grid)
     if data.val_mask.any():
-        curves = {}
-        for C in grid:
-            model, curves[C] = _sgd(C, n_fit, opts.seed), []
-            for epoch in range(opts.epochs):
-                _sgd_epoch(model, data, data.fit_mask, opts, epoch, transform)
-                hits = n = 0
-                for probs, labels in _sgd_scores(model, data.train, data.val_mask, opts, transform,
-                                                 data.n_classes, "validation"):
-                    hits += accuracy(probs, data.encode(labels)) * len(labels) / 100
-                    n += len(labels)
-                curves[C].append(100.0 * hits / max(n, 1))
+        curves = {C: _fit_sgd(C, n_fit, data, data.fit_mask, opts.epochs, opts, transform, validate=True)[1]
+                  for C in grid}
         C, epochs = max(((c, e + 1) for c in grid for e in range(opts.epochs)),
                         key=lambda ce: (curves[ce[0]][ce[1] - 1], -ce[1]))
         selection = {"on": "validation", "grid": grid, "max_passes": opts.epochs,
@@ -147,11 +148,9 @@ def _streaming(data, opts, transform: Callable, need: int, budget: int):
     else:
         C, epochs = grid[0] if opts.C is not None else 1.0, opts.epochs
         selection = {"on": "flag (no validation split)"}
-    model = _sgd(C, n_train, opts.seed)
-    for epoch in range(epochs):
-        _sgd_epoch(model, data, data.train_mask, opts, epoch, transform)
+    model, _ = _fit_sgd(C, n_train, data, data.train_mask, epochs, opts, transform)
     info = {"solver": "streaming SGD logistic regression (scikit-learn SGDClassifier, log_loss, one-vs-rest)",
             "streams": True, "selected": {"C": C, "passes": epochs}, "selection": selection,
             "memory_estimate_mb": need / 2**20,
             "note": f"lbfgs would need ~{need / 2**20:.0f} MB > --max-memory-mb {budget / 2**20:.0f}"}
-    return _sgd_scores(model, data.test, data.test_mask, opts, transform, data.n_classes, "test"), info
+    return score_test_rows(model, data, opts, transform), info

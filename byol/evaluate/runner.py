@@ -121,7 +121,8 @@ def run_head(kind: str, train: str | Path, test: str | Path, opts: Options | Non
     ... when taken, unless --overwrite); load it with byol.evaluate.head_file.load_head.
     """
     from byol.evaluate.head_file import SUFFIX, head_record, save_head
-    from byol.evaluate.training import fit_selected, predict_blocks
+    from byol.evaluate.passes import score_blocks
+    from byol.evaluate.training import fit_selected
 
     opts = (opts or Options()).check()
     started = time.perf_counter()
@@ -135,7 +136,7 @@ def run_head(kind: str, train: str | Path, test: str | Path, opts: Options | Non
         head_path = heads_dir / f"{free_stem(heads_dir, kind, (SUFFIX,), opts.overwrite)}{SUFFIX}"
     scaler = fit_standardizer(data.train, data.train_mask, opts.block_rows)
     model, info = fit_selected(data, opts, kind, mean=scaler.mean, std=scaler.scale)
-    scores = predict_blocks(model, data.test, data.test_mask, opts.block_rows, desc="test")
+    scores = score_blocks(model.probabilities, data.test, data.test_mask, opts.block_rows, desc="test")
     result, tally = _finish(kind, data, scores, info, started)
     result["head_file"] = str(head_path)
     result = _write(result, tally, data, opts)

@@ -10,16 +10,17 @@ Honest selection: with a validation split, a first model is trained on the train
 it for up to `epochs` epochs, scored on the validation rows after each; the best epoch count is then
 used to refit a fresh model (same seed) on all training rows, and that final model's test figure
 is the one reported. Without a validation split (--val-fraction 0) the model trains for `epochs`.
+The shuffled epoch, the validation figures and test scoring are byol.evaluate.passes's, shared
+with logistic regression's streaming fallback.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
-from byol.evaluate.blocks import SHUFFLE_BLOCK_BYTES, SHUFFLE_BLOCKS, iter_rows, progress, rows_for, transformed
-from byol.evaluate.heads import Head, build_head, cross_entropy, softmax
-from byol.evaluate.results import accuracy
+from byol.evaluate.heads import Head, build_head, cross_entropy
+from byol.evaluate.passes import Curve, epoch_rng, run_epochs, shuffled_epoch, validation_scores
 
 
 class AdamW:
@@ -60,53 +61,37 @@ def _new_head(kind, in_dim, data, opts, mean, std, seed) -> Head:
 def train_epoch(model: Head, optimizer: AdamW, data, mask: np.ndarray, opts, epoch: int,
                 transform: Callable | None) -> float:
     """One pass over the selected rows in shuffled blocks; returns the mean training loss."""
-    rng = np.random.default_rng([opts.seed, epoch])            # block order, row shuffle and dropout
-    block = rows_for(data.train.dim, opts.block_rows, SHUFFLE_BLOCK_BYTES)
+    rng = epoch_rng(opts.seed, epoch)
     total, count = 0.0, 0
-    with progress(data.train.n_rows, f"epoch {epoch + 1}") as bar:
-        blocks = iter_rows(data.train, mask, block, rng=rng, mix=SHUFFLE_BLOCKS, bar=bar)
-        for chunk in transformed(blocks, transform):
-            x = np.ascontiguousarray(chunk["embeddings"], np.float32)
-            y = data.encode(chunk["labels"])
-            for start in range(0, len(y), opts.batch_size):
-                xb, yb = x[start:start + opts.batch_size], y[start:start + opts.batch_size]
-                logits, cache = model.forward_train(xb, rng)
-                loss, grad = cross_entropy(logits, yb)
-                optimizer.step(model.backward(cache, grad))
-                total, count = total + loss * len(yb), count + len(yb)
-            del chunk, x, y    # free this shuffle buffer before the next one is read
+    for chunk in shuffled_epoch(data.train, mask, opts.block_rows, rng, transform, f"epoch {epoch + 1}"):
+        x = np.ascontiguousarray(chunk["embeddings"], np.float32)        # [n, in_dim]
+        y = data.encode(chunk["labels"])                                 # [n] class positions
+        for start in range(0, len(y), opts.batch_size):
+            xb, yb = x[start:start + opts.batch_size], y[start:start + opts.batch_size]
+            logits, cache = model.forward_train(xb, rng)
+            loss, grad = cross_entropy(logits, yb)
+            optimizer.step(model.backward(cache, grad))
+            total, count = total + loss * len(yb), count + len(yb)
+        del chunk, x, y    # free this shuffle buffer before the next one is read
     return total / max(count, 1)
 
 
-def predict_blocks(model: Head, store, mask: np.ndarray, block_rows: int, transform: Callable | None = None,
-                   desc: str = "predict") -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(class probabilities [n, C], original labels [n]) for the selected rows, block by block."""
-    with progress(store.n_rows, desc) as bar:
-        for chunk in transformed(iter_rows(store, mask, block_rows, bar=bar), transform):
-            yield softmax(model.logits(chunk["embeddings"])), chunk["labels"]
-
-
 def fit(model: Head, data, mask: np.ndarray, epochs: int, opts, transform: Callable | None = None,
-        val_mask: np.ndarray | None = None) -> list[tuple[float, float]]:
-    """Train for `epochs`; returns (validation top-1 %, validation cross-entropy) after each epoch
-    (empty without val_mask)."""
+        validate: bool = False) -> Curve:
+    """Train for `epochs`; with validate, returns (validation top-1 %, validation cross-entropy) after
+    each epoch (otherwise empty)."""
     optimizer = AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    curve = []
-    for epoch in range(epochs):
-        train_epoch(model, optimizer, data, mask, opts, epoch, transform)
-        if val_mask is not None:
-            hits = nll = n = 0.0
-            scored = predict_blocks(model, data.train, val_mask, opts.block_rows, transform, "validation")
-            for probs, labels in scored:
-                targets = data.encode(labels)
-                hits += accuracy(probs, targets) * len(labels) / 100
-                nll -= np.log(np.maximum(probs[np.arange(len(targets)), targets], 1e-12)).sum()
-                n += len(labels)
-            curve.append((100.0 * hits / max(n, 1), float(nll / max(n, 1))))
-    return curve
+
+    def one_epoch(epoch: int) -> float:
+        return train_epoch(model, optimizer, data, mask, opts, epoch, transform)
+
+    def on_validation() -> tuple[float, float]:
+        return validation_scores(model.probabilities, data, opts.block_rows, transform)
+
+    return run_epochs(one_epoch, epochs, on_validation if validate else None)
 
 
-def best_epoch(curve: list[tuple[float, float]]) -> int:
+def best_epoch(curve: Curve) -> int:
     """1-based epoch with the best validation top-1; ties (a small validation split often reaches
     100% early) go to the lower validation cross-entropy, so saturation doesn't pick an undertrained epoch."""
     return min(range(len(curve)), key=lambda i: (-curve[i][0], curve[i][1])) + 1
@@ -122,7 +107,7 @@ def fit_selected(data, opts, kind: str, mean=None, std=None, transform: Callable
     in_dim = getattr(transform, "out_dim", data.train.dim)
     if data.val_mask.any():
         probe = _new_head(kind, in_dim, data, opts, mean, std, opts.seed)
-        curve = fit(probe, data, data.fit_mask, opts.epochs, opts, transform, data.val_mask)
+        curve = fit(probe, data, data.fit_mask, opts.epochs, opts, transform, validate=True)
         epochs = best_epoch(curve)
         selection = {"on": "validation", "max_epochs": opts.epochs, "val_top1": [c[0] for c in curve],
                      "val_loss": [round(c[1], 6) for c in curve], "best_val_top1": curve[epochs - 1][0],
