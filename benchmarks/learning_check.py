@@ -12,7 +12,7 @@ plus the overrides. Steps: (1) with --minutes, pretraining runs with trainer.max
 it measures its own step time over its first (training) steps and sets the step count so the LR
 and EMA schedules run to completion inside the budget (byol/pretrain/budget.py; --steps N fixes the
 count instead: a ranking that does not depend on what else shares the CPU); (2) the encoder's features of train and test go to shards (--eval-subset N: N train and N/2
-test images per class, to rank settings quickly); (3) linear head and kNN on them, and on the
+test images per class, to rank settings quickly); (3) linear head, kNN and logistic regression on them, and on the
 run's starting weights (RUN_DIR/encoder-start.pt, written by training at step 0, the pipeline's
 control too) at the same size: what pretraining added;
 raw pixels with PCA (128 components) + logistic regression and PCA + kNN, at the views' size (like
@@ -36,6 +36,7 @@ from byol.evaluate.options import Options  # noqa: E402
 from byol.evaluate.runner import run_baseline, run_head  # noqa: E402
 from byol.extract import extract  # noqa: E402
 from byol.store import FeatureStore  # noqa: E402
+from byol.pretrain.budget_defaults import keys_set_by_user, with_budget_defaults  # noqa: E402
 from byol.pretrain.checkpoint import START_ENCODER_FILE  # noqa: E402
 from byol.pretrain.loop import train  # noqa: E402
 from byol.pretrain.optim import base_ema_rate  # noqa: E402
@@ -114,6 +115,9 @@ def main() -> None:
                     "reads all of train/); 0: the full splits")
     ap.add_argument("--recipe", default=str(ROOT / "configs" / "short_cpu.yaml"),
                     help="config file the run starts from (default: the short-budget recipe)")
+    ap.add_argument("--encoder", type=Path, default=None, help="score this encoder file instead of pretraining "
+                    "one (e.g. byol-pytorch's, saved by ../shared/bench/peers/peer_learning.py --save PATH): the "
+                    "same extraction and probes as our rows; no starting-weights rows")
     ap.add_argument("overrides", nargs="*", help="section.key=value, on top of the recipe")
     args = ap.parse_args()
     root = dataset_root(args.data.resolve(), args.workdir)
@@ -131,8 +135,13 @@ def main() -> None:
     # a fixed step count, or a time budget the run turns into steps itself (a resumed run keeps them)
     length = f"trainer.max_steps={args.steps}" if args.steps > 0 else f"trainer.max_time={args.minutes}m"
     cfg = load_config(recipe, settings + [f"trainer.run_dir={run_dir}", length])
+    if args.steps <= 0:      # what `python main.py trainer.max_time=...` gives: the budget defaults
+        cfg, _ = with_budget_defaults(cfg, keys_set_by_user(recipe, settings + [length]))
     t = time.perf_counter()
-    summary = train(cfg, resume=run_dir if (run_dir / "checkpoints" / "last.pt").exists() else None)
+    if args.encoder:         # someone else's encoder: scored only
+        summary, args.random_init_baseline = {"encoder": args.encoder.resolve()}, False
+    else:
+        summary = train(cfg, resume=run_dir if (run_dir / "checkpoints" / "last.pt").exists() else None)
     pretrain_s = time.perf_counter() - t
 
     stores = {}
@@ -143,7 +152,7 @@ def main() -> None:
         init_encoder = run_dir / START_ENCODER_FILE
         init_dir = start_store_dir(args.workdir, init_encoder)
         for split in ("train", "test"):
-            stores[f"init_{split}"] = extract(init_encoder, split, init_dir / f"features{args.eval_subset}", eval_settings,
+            stores[f"init_{split}"] = extract(init_encoder, split, init_dir / f"features{args.eval_subset}-{s}px", eval_settings,
                                               progress=False)["split_dir"]
     pixel_sizes = sorted({s, args.pixel_size}) if args.pixel_baselines else []
     for size in pixel_sizes:
@@ -158,6 +167,7 @@ def main() -> None:
         opts = Options(results_dir=str(results), overwrite=True)
         out[f"{name}linear_top1"] = round(run_head("linear", train_store, test_store, opts)["top1"], 2)
         out[f"{name}knn_top1"] = round(run_baseline("knn", train_store, test_store, opts)["top1"], 2)
+        out[f"{name}logreg_top1"] = round(run_baseline("logreg", train_store, test_store, opts)["top1"], 2)
 
     out: dict = {"eval_images": {"train": len(FeatureStore.open(stores["byol_train"])),
                                  "test": len(FeatureStore.open(stores["byol_test"]))}}
@@ -177,6 +187,10 @@ def main() -> None:
         out.update(best_pixel_baseline=best_name, margin_over_pixels=round(best_byol - best_pixels, 2))
     if args.random_init_baseline and pixel_sizes:
         out["target_met"] = out["margin_over_pixels"] >= 8 and out["margin_over_random_init"] >= 10
+    if args.encoder:
+        out.update(encoder=str(args.encoder), image_size=s, total_minutes=round((time.perf_counter() - started) / 60, 1))
+        print(json.dumps(out), flush=True)
+        return
     out.update(pretrain_minutes=round(pretrain_s / 60, 1), steps=summary["steps"],
                epochs=round(summary["steps"] * cfg.trainer.batch_size / summary["images"], 2),
                time_budget=summary.get("time_budget"), image_size=s, batch_size=cfg.trainer.batch_size,

@@ -111,6 +111,7 @@ class Optimizer:
     lr_scaling: str = "none"         # none | linear: lr * global_batch / 256 (paper)
     lars_eta: float = 0.001          # LARS trust coefficient
     exclude_bias_and_norm: bool = True   # no weight decay / LARS adaptation on biases and BN
+    predictor_lr_scale: float = 1.0  # the predictor's LR = the schedule's x this (DirectPred, SimSiam: > 1 helps)
 
 
 @dataclass
@@ -299,6 +300,8 @@ def validate(cfg: Config) -> Config:
                           f"0 < low < high <= 1, got {tf.local_scale}")
     if not 0.0 < cfg.data_transforms.min_scale <= 1.0:
         raise ConfigError(f"config key 'data_transforms.min_scale': must be in (0, 1], got {cfg.data_transforms.min_scale}")
+    if cfg.optimizer.predictor_lr_scale <= 0:
+        raise ConfigError(f"config key 'optimizer.predictor_lr_scale': must be > 0, got {cfg.optimizer.predictor_lr_scale}")
     if cfg.optimizer.params.lr <= 0:
         raise ConfigError(f"config key 'optimizer.params.lr': must be > 0, got {cfg.optimizer.params.lr}")
     from byol.pretrain.budget import check_settings    # torch-free (byol.pretrain loads lazily)
@@ -376,9 +379,9 @@ def find_config_file(path: str | Path) -> Path:
                       f"byol ({shipped}), or create it (config.yaml in the repository documents every key)")
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically (temp file + rename)."""
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def save_config(cfg: Config, path: str | Path, header: str = "") -> None:
+    """Write the resolved config as YAML (after `header`, comment lines), atomically (temp file + rename)."""
+    atomic_write_text(path, header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def small_stem_for(cfg: Config) -> bool:

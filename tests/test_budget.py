@@ -125,6 +125,12 @@ def test_resume_keeps_the_chosen_total(budget_run, tmp_path, monkeypatch):
     mine = load_training_checkpoint(run / "checkpoints" / "last.pt")["online"]
     for key, value in load_training_checkpoint(reference / "checkpoints" / "last.pt")["online"].items():
         assert torch.allclose(value.float(), mine[key].float(), atol=1e-5), key
+    # the finished run resumed with a config that lacks the saved max_steps (train(cfg, resume=RUN), as
+    # learning_check does): max_epochs' upper bound is no new total, so nothing more is trained
+    fresh = load_config(None, [*ARGS, f"trainer.run_dir={run}", "trainer.max_time=30s", "trainer.m=auto",
+                               "trainer.max_steps=0"])
+    assert train(fresh, resume=run)["steps"] == 30
+    assert load_training_checkpoint(run / "checkpoints" / "last.pt")["step"] == 30
 
 
 def test_two_torchrun_processes_follow_rank_0s_total(tmp_path):

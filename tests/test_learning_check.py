@@ -103,3 +103,10 @@ def test_learning_check_skips_the_rows_it_is_told_to(folder, tmp_path):
     assert not any(k.startswith(("pixels", "random_init_", "margin", "best_pixel")) or k == "target_met"
                    for k in out)
     assert not (tmp_path / "work" / "baselines").exists()
+    # someone else's encoder file (byol-pytorch's, saved by peer_learning.py --save) gets the same probes:
+    # this run's own encoder, scored that way, gives this run's figures
+    scored = run_check(folder, tmp_path / "work", "--no-pixel-baselines", "--run-name", "scored",
+                       "--encoder", str(tmp_path / "work" / "runs" / "run" / "encoder.pt"))
+    assert {k: scored[k] for k in ("linear_top1", "knn_top1", "logreg_top1")} == \
+        {k: out[k] for k in ("linear_top1", "knn_top1", "logreg_top1")}
+    assert scored["encoder"].endswith("encoder.pt") and "steps" not in scored

@@ -11,7 +11,8 @@ from byol.config import Optimizer as OptimizerConfig
 from byol.errors import CheckpointError
 from byol.pretrain.model import OnlineNetwork, TargetNetwork, byol_loss, collapse_indicator, regression_loss
 from byol.encoders.build import build_encoder
-from byol.pretrain.optim import LARS, build_optimizer, ema_rate_at, learning_rate_at, parameter_groups
+from byol.pretrain.optim import (LARS, build_optimizer, ema_rate_at, learning_rate_at, parameter_groups,
+                                 set_learning_rate)
 
 
 def tiny_online():
@@ -99,6 +100,23 @@ def test_bias_and_norm_excluded_from_decay():
     assert groups[1]["weight_decay"] == 0.0 and groups[1]["lars_exclude"]
     assert all(p.ndim == 1 for p in groups[1]["params"]) and all(p.ndim > 1 for p in groups[0]["params"])
     assert len(parameter_groups([tiny_online()], 1e-4, exclude_bias_and_norm=False)) == 1
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars", "adam"])
+def test_the_predictor_steps_at_its_own_learning_rate(name):
+    net = tiny_online()
+    predictor = {id(p) for p in net.predictor.parameters()}
+    opt = build_optimizer(OptimizerConfig(name=name, predictor_lr_scale=10.0), [net], global_batch=64)
+    set_learning_rate(opt, 0.05)
+    by_lr = {}
+    for group in opt.param_groups:
+        by_lr.setdefault(group["lr"], set()).update(id(p) for p in group["params"])
+    assert by_lr == {0.05: {id(p) for p in net.parameters()} - predictor, 0.05 * 10.0: predictor}
+    # the decay and LARS exclusion of biases and norm parameters still hold inside the predictor's groups
+    assert [(g["weight_decay"] > 0, g.get("lr_scale", 1.0)) for g in opt.param_groups] == [
+        (True, 1.0), (False, 1.0), (True, 10.0), (False, 10.0)]
+    plain = build_optimizer(OptimizerConfig(name=name), [tiny_online()], global_batch=64)
+    assert len(plain.param_groups) == 2                 # scale 1: the groups (and old checkpoints) as before
 
 
 @pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("lars", LARS), ("adam", torch.optim.Adam)])

@@ -31,6 +31,7 @@ from byol import distributed as dist_utils
 from byol.config import Config, save_config
 from byol.errors import Interrupted, TrainingError
 from byol.pretrain import budget as time_budget
+from byol.pretrain.budget_defaults import config_header
 from byol.pretrain.checkpoint import export_encoder
 from byol.pretrain.model import byol_loss, collapse_indicator
 from byol.pretrain.monitor import knn_top1
@@ -203,7 +204,7 @@ def follow_budget(run: Run, step: int, received: list[float]) -> None:
     if final:
         run.cfg = replace(run.cfg, trainer=replace(run.cfg.trainer, max_steps=run.schedule.total))
         if run.ctx.is_main:
-            save_config(run.cfg, run.run_dir / "config.yaml")
+            save_config(run.cfg, run.run_dir / "config.yaml", config_header(run.cfg))
 
 
 def ranks_agree(online: torch.nn.Module) -> bool:

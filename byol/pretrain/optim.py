@@ -50,17 +50,30 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(modules: list[nn.Module], weight_decay: float, exclude_bias_and_norm: bool):
-    """[decayed weights, excluded biases/norm params]; the second group has no decay and no LARS."""
-    decay, no_decay = [], []
+def parameter_groups(modules: list[nn.Module], weight_decay: float, exclude_bias_and_norm: bool,
+                     predictor_lr_scale: float = 1.0):
+    """[decayed weights, excluded biases/norm params]; the second group has no decay and no LARS.
+    predictor_lr_scale != 1: the predictor's parameters (names starting `predictor.`) form their own
+    groups whose LR is the schedule's times that factor (`lr_scale`, read by set_learning_rate):
+    DirectPred (Tian et al. 2021) and SimSiam (Chen & He 2021, Sec. 4.2) find BYOL's predictor
+    gains from a faster step than the encoder's."""
+    split = predictor_lr_scale != 1.0
+    buckets: dict[tuple[bool, bool], list] = {}     # (predictor?, excluded?) -> params
     for module in modules:
         for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if exclude_bias_and_norm and p.ndim <= 1 else decay).append(p)
-    groups = [dict(params=decay, weight_decay=weight_decay, lars_exclude=False)]
-    if no_decay:
-        groups.append(dict(params=no_decay, weight_decay=0.0, lars_exclude=True))
+            if p.requires_grad:
+                key = (split and name.startswith("predictor."), exclude_bias_and_norm and p.ndim <= 1)
+                buckets.setdefault(key, []).append(p)
+    groups = []
+    for is_predictor in (False, True):
+        for excluded in (False, True):
+            params = buckets.get((is_predictor, excluded))
+            if params or (not is_predictor and not excluded):
+                group = dict(params=params or [], weight_decay=0.0 if excluded else weight_decay,
+                             lars_exclude=excluded)
+                if is_predictor:
+                    group["lr_scale"] = predictor_lr_scale
+                groups.append(group)
     return groups
 
 
@@ -72,7 +85,7 @@ def base_learning_rate(cfg: OptimizerConfig, global_batch: int) -> float:
 
 def build_optimizer(cfg: OptimizerConfig, modules: list[nn.Module], global_batch: int):
     lr = base_learning_rate(cfg, global_batch)
-    groups = parameter_groups(modules, cfg.params.weight_decay, cfg.exclude_bias_and_norm)
+    groups = parameter_groups(modules, cfg.params.weight_decay, cfg.exclude_bias_and_norm, cfg.predictor_lr_scale)
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.params.momentum, eta=cfg.lars_eta)
     for g in groups:      # torch's own optimisers don't know the LARS flag
@@ -182,5 +195,6 @@ class Schedule:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's LR on every group, times the group's `lr_scale` (the predictor's, if any)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -29,6 +29,7 @@ from byol.pretrain.checkpoint import (START_ENCODER_FILE, atomic_save, export_en
 from byol.pretrain.metrics import MetricsLog
 from byol.pretrain.model import OnlineNetwork, TargetNetwork
 from byol.pretrain.budget import Budget, resolve as resolve_budget
+from byol.pretrain.budget_defaults import config_header
 from byol.pretrain.optim import Schedule, build_optimizer
 from byol.stopping import ignore_stop_signals
 
@@ -162,7 +163,7 @@ def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None, start
 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / "config.yaml", config_header(cfg))
         write_start_encoder(cfg, online, step, run_dir)
     metrics = MetricsLog(run_dir, ctx.is_main, t.tensorboard, resumed_step=step)
     knn_sets = None
@@ -208,7 +209,9 @@ def plan_budget(cfg: Config, ctx: dist_utils.Context, schedule: Schedule, step: 
     upper = schedule.total
     if saved:
         schedule = schedule.restored(saved["schedule"])
-        if not saved["estimating"] and upper != schedule.total:      # e.g. --resume RUN trainer.max_steps=N
+        # only a max_steps given for this start changes the total (e.g. --resume RUN trainer.max_steps=N); an
+        # upper bound from max_epochs does not (a config without the saved max_steps, as train(cfg, resume=RUN))
+        if not saved["estimating"] and t.max_steps and upper != schedule.total:
             log.info("time budget %s: trainer.max_steps=%d given on --resume replaces the chosen %d steps",
                      label, upper, schedule.total)
             schedule = schedule.rebased(step, upper)
