@@ -179,7 +179,7 @@ def build_parser(doc: str | None = None, prog: str = "python latent_eval/generat
     add_override_arguments(parser, "config overrides for split: inputs, e.g. data.root=/data (not right after "
                            "--input, which would take them as inputs)", set_alias=True)
     add_checkpoint_arguments(parser)
-    add_overwrite_argument(parser, "replace an earlier output at --out")
+    add_overwrite_argument(parser, "replace an earlier output at --out (a store stopped midway resumes without it)")
     add_progress_argument(parser)
     return parser
 
