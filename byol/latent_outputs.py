@@ -156,15 +156,13 @@ class _NpyRows:
 class NpyOut(_Streamed):
     def __init__(self, out: Path, rows: int, dim: int, head_dims=None, overwrite: bool = False):
         super().__init__(out, NPY_FILES, overwrite)
-        self.head_dims, fields = head_dims, {"npy": ((dim,), np.float32)}
-        if head_dims is not None:
-            fields.update({f"{name}.npy": ((() if width is None else (width,)), dtype)
-                           for name, (width, dtype) in head_datasets(head_dims).items()})
-        self.arrays = [_NpyRows(self.stream(name, binary=True), shape, dtype, rows)
-                       for name, (shape, dtype) in fields.items()]
+        self.head_dims = head_dims
+        self.arrays = [_NpyRows(self.stream("npy", binary=True), (dim,), np.float32, rows)]
         self.paths = self.stream("paths.txt")
-        self.outputs = [f"{out}.npy", f"{out}.paths.txt"] + ([f"{out}.{name}.npy" for name in HEAD_FIELDS]
-                                                            + [f"{out}.head_classes.json"] if head_dims else [])
+        for name, (width, dtype) in head_datasets(head_dims).items() if head_dims is not None else ():
+            self.arrays.append(_NpyRows(self.stream(f"{name}.npy", binary=True), () if width is None else (width,),
+                                        dtype, rows))
+        self.outputs = [str(p.path) for p in self.files] + ([f"{out}.head_classes.json"] if head_dims else [])
 
     def put(self, shard, rows, labels, indices, paths, last, extra=None) -> None:
         for array, values in zip(self.arrays, [rows, *(extra[name] for name in HEAD_FIELDS if extra is not None)]):
