@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from byol.atomic import atomic_path, atomic_write_text
 from byol.encoders.source import load_source
 from byol.errors import ConfigError, ExportError
 
@@ -87,7 +88,8 @@ def export(checkpoint, fmt: str, out, trust_checkpoint: bool = False, tolerance:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = _check_inputs(size, 1, seed=1)
-    run = (export_torchscript if fmt == "torchscript" else export_onnx)(module, example, out)
+    with atomic_path(out) as tmp:      # the exporters write the file whole or not at all
+        run = (export_torchscript if fmt == "torchscript" else export_onnx)(module, example, tmp)
     x = _check_inputs(size, batch)
     with torch.no_grad():
         expected = module(x).numpy()
@@ -104,7 +106,7 @@ def export(checkpoint, fmt: str, out, trust_checkpoint: bool = False, tolerance:
             "check": {"inputs": f"randn({batch}, 3, {size}, {size}), seed 0", "max_abs_diff": max_diff,
                       "tolerance": tolerance}}
     json_path = Path(f"{out}.json")
-    json_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    atomic_write_text(json_path, json.dumps(spec, indent=2))
     summary = {"out": str(out), "spec": str(json_path), "format": fmt, "encoder": source.name,
                "output_dim": source.dim, "image_size": size, "max_abs_diff": max_diff, "ok": max_diff <= tolerance}
     if max_diff > tolerance:

@@ -30,7 +30,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
@@ -40,15 +39,15 @@ from byol.cli import (DEFAULT_CONFIG, add_checkpoint_arguments, add_config_argum
                       looks_like_override, parse_arguments, run_command)
 from byol.pretrain.checkpoint import library_versions
 from byol.data import build_dataset
-from byol.errors import ConfigError, Interrupted, StoreError
+from byol.embed_loop import EmbedOptions, ShardGroups, data_settings, embed_rows
+from byol.errors import ConfigError, StoreError
 from byol.encoders.source import PIXELS, PRECISIONS, load_source
 from byol.data.batches import default_workers, iter_batches
-from byol.store.sink import ShardSink
+from byol.file_lock import exclusive_writer
 from byol.store import DTYPES
 from byol.store.resume import keep_finished_shards, prepare_split_dir, shard_count, shard_rows
+from byol.store.sink import ShardSink
 from byol.store.writer import write_manifest
-from byol.store.lock import exclusive_writer
-from byol.stopping import StopSignals, signal_name
 
 log = logging.getLogger("byol")
 
@@ -65,13 +64,8 @@ def extract(source: str | Path, split: str | None, out: str | Path, overrides=()
     every rank calls this; each computes its own shards. channels_last: NHWC convolutions, faster
     on CPUs but not bit-equal to a plain forward (differences ~1e-7 relative).
     """
-    for name, value, low in (("rows_per_shard", rows_per_shard, 1), ("batch_size", batch_size, 1)):
-        if int(value) < low:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    options = EmbedOptions(list(overrides), rows_per_shard, dtype, batch_size, num_workers, device, precision,
+                           channels_last, trust_checkpoint, overwrite, progress)
     started = time.perf_counter()
     owns_group = not dist.is_initialized()
     try:
@@ -79,9 +73,7 @@ def extract(source: str | Path, split: str | None, out: str | Path, overrides=()
     except dist_utils.DeviceError as e:    # --device cuda without a GPU, or no such device
         raise e.for_setting("--device", "--device ") from None
     try:
-        result = _extract(ctx, source, split, Path(out), list(overrides), config_file, int(rows_per_shard),
-                          dtype, int(batch_size), num_workers, precision, channels_last, trust_checkpoint,
-                          overwrite, progress, started)
+        result = _extract(ctx, source, split, Path(out), config_file, options, started)
     except BaseException:
         if owns_group and dist.is_initialized():   # no barrier: the other ranks may be stuck elsewhere
             dist.destroy_process_group()
@@ -91,103 +83,83 @@ def extract(source: str | Path, split: str | None, out: str | Path, overrides=()
     return result
 
 
-def _extract(ctx, source, split, out, overrides, config_file, rows_per_shard, dtype, batch_size,
-             num_workers, precision, channels_last, trust, overwrite, progress, started) -> dict:
-    encoder, cfg = load_source(source, overrides, config_file, trust)
+def _extract(ctx, source, split, out: Path, config_file, o: EmbedOptions, started: float) -> dict:
+    encoder, cfg = load_source(source, o.overrides, config_file, o.trust_checkpoint)
     split = cfg.data.split if split is None else str(split)
     if not split or "/" in split or split in (".", ".."):
         raise ConfigError(f"--split {split!r} is not a split name (e.g. train, test, unlabeled)")
     cfg.data.split = split
     dataset = build_dataset(cfg.data, encoder.image_size, split)
-    encoder.to(ctx.device, precision, channels_last)
-    n = len(dataset)
-    n_shards = shard_count(n, rows_per_shard)
-    split_dir = out / split
-    attrs, settings = encoder.provenance(cfg, dtype, rows_per_shard)
-    settings.update(split=split, data=_data_settings(cfg.data),
-                    channels_last=bool(channels_last and encoder.module is not None))
+    encoder.to(ctx.device, o.precision, o.channels_last)
+    n, split_dir = len(dataset), out / split
+    n_shards = shard_count(n, o.rows_per_shard)
+    attrs, settings = encoder.provenance(cfg, o.dtype, o.rows_per_shard)
+    settings.update(split=split, data=data_settings(cfg.data),
+                    channels_last=bool(o.channels_last and encoder.module is not None))
     attrs.update(versions=library_versions(), split=split, dataset=cfg.data.name,
                  classes=list(getattr(dataset, "classes", []) or []))
-    with_paths = hasattr(dataset, "relative_path")
 
-    # Rank 0 holds the store's write lock until the manifest is written.
-    with contextlib.ExitStack() as held:
-        # Rank 0 inspects (and if asked, clears) the directory; everyone learns the outcome.
-        outcome = None
-        if ctx.is_main:
-            try:
-                held.enter_context(exclusive_writer(split_dir))   # a second extraction here refuses
-                outcome = ("ok", prepare_split_dir(split_dir, settings, n_shards, overwrite))
-            except StoreError as e:
-                outcome = ("error", str(e))
-        outcome = dist_utils.broadcast_object(outcome)
-        if outcome[0] == "error":
-            raise StoreError(outcome[1])
-        known_sha = outcome[1]
-
+    with contextlib.ExitStack() as held:     # rank 0 holds the store's write lock until the manifest is written
+        known_sha = _open_split_dir(ctx, held, split_dir, settings, n_shards, o.overwrite)
         mine = [k for k in range(n_shards) if k % ctx.world_size == ctx.rank]
-        entries, todo = keep_finished_shards(split_dir, mine, n, rows_per_shard, encoder.dim, dtype, known_sha)
-        batches = [(k, a, min(a + batch_size, stop)) for k in todo
-                   for start, stop in [shard_rows(k, n, rows_per_shard)] for a in range(start, stop, batch_size)]
-        rows_todo = sum(b - a for _, a, b in batches)
+        entries, todo = keep_finished_shards(split_dir, mine, n, o.rows_per_shard, encoder.dim, o.dtype, known_sha)
+        plan = [(k, *shard_rows(k, n, o.rows_per_shard)) for k in todo]     # (shard, start, stop)
+        ranges = [(a, min(a + o.batch_size, stop)) for _, start, stop in plan for a in range(start, stop, o.batch_size)]
+        rows_todo = sum(b - a for a, b in ranges)
         if ctx.is_main:
             log.info("extracting %s (%d of %d rows, %d shards, %d reused) with %s on %s -> %s", split, rows_todo, n,
                      n_shards, len(entries), encoder.name, ctx.device, split_dir)
-        workers = default_workers(dataset) if num_workers is None else int(num_workers)
-        sink = ShardSink(split_dir, encoder.dim, dtype, with_paths, attrs, settings)
+        workers = default_workers(dataset) if o.num_workers is None else int(o.num_workers)
+        sink = ShardSink(split_dir, encoder.dim, o.dtype, hasattr(dataset, "relative_path"), attrs, settings)
         bar = tqdm(total=rows_todo, unit="img", desc=f"extract {split}", dynamic_ncols=True,
-                   disable=not (progress and ctx.is_main))
+                   disable=not (o.progress and ctx.is_main))
+
+        def interrupted(signal: str) -> str:
+            return (f"interrupted ({signal}): {len(entries) + len(sink.entries)} of {len(mine)} shards of "
+                    f"{split_dir} are finished and kept, the one in progress was removed; run the same "
+                    f"command again to complete the store")
         t_loop = time.perf_counter()
-        try:
-            # SIGINT/SIGTERM/SIGUSR1 (to this process or its whole group, reader workers included):
-            # stop before the next batch; finished shards stay, the one in progress is deleted.
-            with StopSignals() as stop:
-                for k, a, b, (images, labels, paths) in iter_batches(dataset, batches, workers):
-                    if stop.signum:
-                        break
-                    sink.put(k, encoder.embed(images), labels, np.arange(a, b, dtype=np.int64), paths,
-                             last=b == shard_rows(k, n, rows_per_shard)[1])
-                    bar.update(b - a)
-                else:   # every row queued: finish, even if a signal came in meanwhile
-                    entries.update(sink.finish())
-            if stop.signum and len(entries) < len(mine):
-                sink.abort()
-                kept = len(entries) + len(sink.entries)
-                raise Interrupted(f"interrupted ({signal_name(stop.signum)}): {kept} of {len(mine)} shards of "
-                                  f"{split_dir} are finished and kept, the one in progress was removed; run "
-                                  f"the same command again to complete the store", stop.signum)
-        except BaseException:
-            sink.abort()
-            raise
-        finally:
-            bar.close()
-        loop_s, reused = time.perf_counter() - t_loop, len(mine) - len(todo)
-        shards, done = list(entries.values()), rows_todo
-        if ctx.distributed:
-            gathered = [None] * ctx.world_size
-            dist.all_gather_object(gathered, (shards, rows_todo, reused, loop_s))
-            shards = [s for part in gathered for s in part[0]]
-            done, reused = sum(part[1] for part in gathered), sum(part[2] for part in gathered)
-            loop_s = max(part[3] for part in gathered)
+        entries.update(embed_rows(lambda images: (encoder.embed(images), None),
+                                  iter_batches(dataset, ranges, workers),
+                                  ShardGroups(((k, stop - start) for k, start, stop in plan), o.batch_size),
+                                  sink, bar, interrupted))
+        shards, done, reused, loop_s = _gathered(ctx, list(entries.values()), rows_todo, len(mine) - len(todo),
+                                                 time.perf_counter() - t_loop)
         if ctx.is_main:
-            write_manifest(split_dir, shards, encoder.dim, dtype, settings, attrs)
+            write_manifest(split_dir, shards, encoder.dim, o.dtype, settings, attrs)
         dist_utils.barrier()
-        seconds = time.perf_counter() - started
-        return {"split_dir": str(split_dir), "n_rows": n, "dim": encoder.dim, "n_shards": n_shards,
-                # seconds: the whole call; img_per_s: rows computed / time from first read to last shard closed
-                "seconds": round(seconds, 3), "img_per_s": round(done / loop_s, 2) if done else 0.0,
-                "extracted_rows": done, "reused_shards": reused, "encoder": encoder.name, "dtype": dtype,
-                "world_size": ctx.world_size, "device": str(ctx.device)}
+    return {"split_dir": str(split_dir), "n_rows": n, "dim": encoder.dim, "n_shards": n_shards,
+            # seconds: the whole call; img_per_s: rows computed / time from first read to last shard closed
+            "seconds": round(time.perf_counter() - started, 3), "img_per_s": round(done / loop_s, 2) if done else 0.0,
+            "extracted_rows": done, "reused_shards": reused, "encoder": encoder.name, "dtype": o.dtype,
+            "world_size": ctx.world_size, "device": str(ctx.device)}
 
 
-def _data_settings(data) -> dict:
-    """The data keys that decide which images (in which order) the store holds."""
-    out = {"name": data.name, "max_images": data.max_images}
-    if data.name != "digits":   # digits are embedded: their root means nothing
-        out["root"] = str(Path(data.root).resolve())
-    if data.name == "folder":
-        out["on_bad_image"] = data.on_bad_image
-    return out
+def _open_split_dir(ctx, held: contextlib.ExitStack, split_dir: Path, settings: dict, n_shards: int,
+                    overwrite: bool) -> dict[str, str]:
+    """Rank 0 takes the write lock and inspects (and if asked, clears) the directory; every rank
+    learns the outcome: {shard name: sha256} of an earlier manifest with the same settings."""
+    outcome = None
+    if ctx.is_main:
+        try:
+            held.enter_context(exclusive_writer(split_dir))   # a second extraction here refuses
+            outcome = ("ok", prepare_split_dir(split_dir, settings, n_shards, overwrite))
+        except StoreError as e:
+            outcome = ("error", str(e))
+    outcome = dist_utils.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise StoreError(outcome[1])
+    return outcome[1]
+
+
+def _gathered(ctx, shards: list[dict], done: int, reused: int, loop_s: float) -> tuple[list[dict], int, int, float]:
+    """(every rank's shard entries, rows computed, shards reused, the slowest loop's seconds)."""
+    if not ctx.distributed:
+        return shards, done, reused, loop_s
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, (shards, done, reused, loop_s))
+    return ([s for part in gathered for s in part[0]], sum(part[1] for part in gathered),
+            sum(part[2] for part in gathered), max(part[3] for part in gathered))
 
 
 def _source_and_overrides(checkpoint: str | None, overrides: list[str], encoder: str) -> tuple[str, list[str]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.atomic import atomic_write_text
+from byol.atomic import atomic_savefig, atomic_write_text
 
 MATCH, MISMATCH, UNKNOWN, QUERY = "#2ca02c", "#d62728", "#999999", "#000000"
 
@@ -101,7 +101,7 @@ def _draw(query_images, query_labels, panels, train, train_labels, names, path: 
     fig.suptitle("Test queries (left of each panel) and their nearest training images; "
                  "green = same class, red = other class", fontsize=8)
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=1 - 0.5 / (n * 0.8 + 0.5))
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 

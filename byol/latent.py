@@ -15,7 +15,8 @@ the order given (each kept in that order):
                      data settings with --set data.root=... (as `byol.extract` overrides)
 
 Vectors are computed with `EncoderSource.embed` (eval mode, fp32, ImageNet normalisation at the
-checkpoint's image size), i.e. exactly as `python -m byol.extract` computes them.
+checkpoint's image size) by extraction's own run (byol/embed_loop.py), i.e. exactly as `python -m
+byol.extract` computes them, in the same groups of --batch-size rows within each shard.
 
 Outputs (`--format`):
 
@@ -37,158 +38,37 @@ Outputs (`--format`):
 Inputs that cannot be decoded (zero-byte files, text named .jpg, truncated files, images over
 Pillow's decompression-bomb limit, missing files) are skipped and listed, with the reason, in the
 report OUT/skipped.json (store) or OUT.skipped.json (npy, csv); with --strict the command then
-exits 2 naming them (the outputs and the report are still written). Memory stays bounded: store
-shards are appended per batch, npy rows go to a memory-mapped file, csv rows are written as they
-come. The summary (last stdout line) holds n_inputs, n_written, n_skipped, dim, out, format.
+exits 2 naming them (the outputs and the report are still written). Memory stays bounded: rows go
+to disk as they come; npy and csv files appear under their names once complete. A store stopped
+midway keeps its finished shards, and the same command again resumes from them, ending with the
+store an uninterrupted run writes. The summary (last stdout line) holds n_inputs, n_written,
+n_skipped, dim, out, format.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
-from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
-from byol.errors import ConfigError, DataError, Interrupted
+from byol.atomic import atomic_write_text, file_sha256
+from byol.data.batches import iter_batches
+from byol.data.image_folder import EXTENSIONS
+from byol.data.input_list import SPLIT_PREFIX, InputList, expand_inputs
+from byol.distributed import DeviceError, resolve_device
+from byol.embed_loop import EmbedOptions, ShardGroups, data_settings, embed_rows
 from byol.encoders.source import load_source
-from byol.data.batches import read_rows
-from byol.data.image_folder import EXTENSIONS, find_images, decode_image
-from byol.latent_outputs import HEAD_FIELDS, CsvOut, NpyOut, StoreOut, check_out, out_base
-from byol.stopping import StopSignals, ignore_stop_signals, iterate, signal_name
+from byol.errors import ConfigError, DataError
+from byol.latent_outputs import HEAD_FIELDS, CsvOut, NpyOut, StoreOut, out_base
 
 log = logging.getLogger("byol")
 
 FORMATS = ("store", "npy", "csv")
-SPLIT_PREFIX = "split:"
 
 
-# ------------------------------------------------------------------------------------ inputs
-@dataclass
-class SplitInput:
-    name: str
-    dataset: object
-    offset: int            # index of its first row among all inputs
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-
-def _read_list(list_file: Path) -> list[str]:
-    out = []
-    for line in list_file.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            p = Path(line).expanduser()
-            out.append(str(p if p.is_absolute() else list_file.parent / p))
-    return out
-
-
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """Input arguments -> an ordered list of file paths and `split:NAME` entries."""
-    out = []
-    for item in inputs:
-        item = str(item)
-        if item.startswith(SPLIT_PREFIX):
-            if not item[len(SPLIT_PREFIX):]:
-                raise ConfigError(f"--input {item!r}: give a split name, e.g. split:test")
-            out.append(item)
-            continue
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = find_images([path], path)
-            if not found:
-                log.warning("folder '%s' holds no image files (%s)", path, " ".join(EXTENSIONS))
-            out += [str(p) for p, _ in found]
-        elif path.suffix.lower() == ".txt" and path.is_file():
-            out += _read_list(path)
-        else:
-            out.append(str(path))   # a missing file is reported as skipped, not fatal
-    return out
-
-
-def _decode(path: str, size: int):
-    """(uint8 [3, S, S] tensor, None) or (None, reason)."""
-    try:
-        if not os.path.isfile(path):
-            return None, "not a file (missing or a directory)"
-        if os.path.getsize(path) == 0:
-            return None, "zero-byte file"
-        pixels = decode_image(Path(path), size)
-    except Exception as e:   # Pillow raises many kinds on bad files; bombs raise DecompressionBombError
-        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    return torch.from_numpy(np.array(pixels, np.uint8)).permute(2, 0, 1).contiguous(), None
-
-
-def _identity(x):
-    return x
-
-
-class _Files(torch.utils.data.Dataset):
-    """Item j = batch j of files: (start, [(index, path, image or None, reason)])."""
-
-    def __init__(self, paths: list[tuple[int, str]], size: int, batch_size: int):
-        self.paths, self.size, self.batch_size = paths, size, batch_size
-
-    def __len__(self) -> int:
-        return (len(self.paths) + self.batch_size - 1) // self.batch_size
-
-    def __getitem__(self, j: int):
-        part = self.paths[j * self.batch_size:(j + 1) * self.batch_size]
-        return [(i, p, *_decode(p, self.size)) for i, p in part]
-
-
-@dataclass
-class Batch:
-    images: torch.Tensor | None        # uint8 [n, 3, S, S]
-    indices: np.ndarray                # int64 [n]
-    labels: np.ndarray                 # int64 [n]
-    paths: list[str]
-    skipped: list[dict]
-
-
-def iter_input_batches(entries: list, image_size: int, batch_size: int, num_workers: int) -> Iterator[Batch]:
-    """Batches in input order; a file run is decoded (optionally by DataLoader workers) per batch."""
-    run: list[tuple[int, str]] = []
-
-    def flush():
-        if not run:
-            return
-        files = _Files(list(run), image_size, batch_size)
-        run.clear()
-        loader = (iterate(torch.utils.data.DataLoader(files, batch_size=None, shuffle=False, num_workers=num_workers,
-                                                      collate_fn=_identity, worker_init_fn=ignore_stop_signals))
-                  if num_workers > 0 else (files[j] for j in range(len(files))))   # workers: see byol/stopping.py
-        for items in loader:
-            ok = [it for it in items if it[2] is not None]
-            skipped = [{"index": i, "path": p, "reason": why} for i, p, im, why in items if im is None]
-            yield Batch(torch.stack([it[2] for it in ok]) if ok else None,
-                        np.array([it[0] for it in ok], np.int64), np.full(len(ok), -1, np.int64),
-                        [it[1] for it in ok], skipped)
-
-    index = 0
-    for entry in entries:
-        if isinstance(entry, SplitInput):
-            yield from flush()
-            ds = entry.dataset
-            for a in range(0, len(ds), batch_size):
-                b = min(a + batch_size, len(ds))
-                images, labels, rel = read_rows(ds, a, b)
-                names = rel if rel is not None else [str(i) for i in range(a, b)]
-                yield Batch(images, np.arange(entry.offset + a, entry.offset + b, dtype=np.int64),
-                            np.asarray(labels, np.int64), [f"{SPLIT_PREFIX}{entry.name}/{n}" for n in names], [])
-            index += len(ds)
-        else:
-            run.append((index, entry))
-            index += 1
-    yield from flush()
-
-
-# ------------------------------------------------------------------------------------ writers
 def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str | None = None,
              strict: bool = False, batch_size: int = 256, trust_checkpoint: bool = False,
              overrides=(), device: str = "auto", num_workers: int = 0, rows_per_shard: int = 10_000,
@@ -196,124 +76,86 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
     """Embed `inputs` with the encoder of `checkpoint` and write them to `out`; returns the summary."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if int(batch_size) < 1 or int(rows_per_shard) < 1:
-        raise ConfigError("--batch-size and --rows-per-shard must be >= 1")
+    o = EmbedOptions(list(overrides), rows_per_shard, batch_size=batch_size, num_workers=num_workers or 0,
+                     device=device, trust_checkpoint=trust_checkpoint, overwrite=overwrite, progress=progress)
     if not inputs:
         raise ConfigError("give at least one --input (image, folder, list .txt or split:NAME)")
-    encoder, cfg = load_source(checkpoint, list(overrides), None, trust_checkpoint)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    encoder.to(torch.device(device))
-
-    head_model, head_dims = None, None
+    encoder, cfg = load_source(checkpoint, o.overrides, None, o.trust_checkpoint)
+    try:
+        encoder.to(resolve_device(o.device))
+    except DeviceError as e:
+        raise e.for_setting("--device", "--device ") from None
+    head_model = None
     if head is not None:
-        from byol.evaluate.head_file import load_head
-        from byol.evaluate.heads import head_outputs
-        head_model, head_meta = load_head(head)
-        if int(head_meta["in_dim"]) != encoder.dim:
-            raise ConfigError(f"--head '{head}' takes {head_meta['in_dim']}-d inputs but the encoder gives "
-                              f"{encoder.dim}-d vectors; use the head trained on this encoder's features")
-        theirs = (head_meta.get("store_attrs") or {}).get("checkpoint_sha256")
-        if theirs and theirs != encoder.checkpoint_sha256:
-            log.warning("--head was trained on features of another checkpoint (sha256 %s...); its outputs "
-                        "may be meaningless here", str(theirs)[:12])
-        head_dims = (head_model.hidden_width, head_model.n_classes, head_model.classes.tolist())
-
-    entries, offset = [], 0
-    for item in expand_inputs(inputs):
-        if item.startswith(SPLIT_PREFIX):
-            from byol.data import build_dataset
-            name = item[len(SPLIT_PREFIX):]
-            cfg.data.split = name
-            entries.append(SplitInput(name, build_dataset(cfg.data, encoder.image_size, name), offset))
-            offset += len(entries[-1])
-        else:
-            entries.append(item)
-            offset += 1
-    n_inputs = offset
-    if n_inputs == 0:
+        from byol.evaluate.head_file import load_head_for
+        head_model = load_head_for(head, encoder.dim, encoder.checkpoint_sha256)
+    items = expand_inputs(inputs)
+    splits = any(item.startswith(SPLIT_PREFIX) for item in items)
+    dataset = InputList([(item, _split(cfg, item[len(SPLIT_PREFIX):], encoder.image_size))
+                         if item.startswith(SPLIT_PREFIX) else item for item in items], encoder.image_size)
+    if len(dataset) == 0:
         raise DataError(f"no images found in --input {' '.join(map(str, inputs))} (folders are searched for "
                         f"{' '.join(EXTENSIONS)} files)")
-
-    base = out_base(Path(out), fmt)
-    check_out(base, fmt, overwrite)
-    attrs, settings = encoder.provenance(cfg, "float32", rows_per_shard)
+    base, n = out_base(Path(out), fmt), len(dataset)
+    attrs, settings = encoder.provenance(cfg, "float32", o.rows_per_shard)
     attrs.update(dataset="latent-inputs", inputs=[str(i) for i in inputs], head=str(head) if head else None)
-    settings["inputs"] = attrs["inputs"]
-    if fmt == "store":
-        writer = StoreOut(base, encoder.dim, attrs, settings, int(rows_per_shard), head_dims)
-        report = base / "skipped.json"
-    elif fmt == "npy":
-        writer = NpyOut(base, n_inputs, encoder.dim, head_dims)
-        report = Path(f"{base}.skipped.json")
-    else:
-        writer = CsvOut(base, encoder.dim, head_dims)
-        report = Path(f"{base}.skipped.json")
-
-    skipped, written, pending = [], 0, []
-
-    def embed(rows: int) -> int:
-        """Embed and write the first `rows` pending images (whole batches of the readable ones, so the
-        rows go through the encoder in the same groups as `byol.extract` with the same --batch-size)."""
-        images = torch.cat([b.images for b in pending])
-        labels, indices = np.concatenate([b.labels for b in pending]), np.concatenate([b.indices for b in pending])
-        paths = [p for b in pending for p in b.paths]
-        emb = encoder.embed(images[:rows])
-        outs = head_outputs(head_model, emb) if head_model is not None else None
-        writer.write(emb, labels[:rows], indices[:rows], paths[:rows], outs)
-        pending.clear()
-        if rows < len(images):
-            pending.append(Batch(images[rows:], indices[rows:], labels[rows:], paths[rows:], []))
-        return rows
-
-    bar = tqdm(total=n_inputs, unit="img", desc="latent", dynamic_ncols=True, disable=not progress)
-    try:
-        # SIGINT/SIGTERM/SIGUSR1 (to this process or its whole group, decoding workers included):
-        # stop before the next batch; writer.abort() keeps finished shards and removes the rest.
-        finished = False
-        with StopSignals() as stop:
-            for batch in iter_input_batches(entries, encoder.image_size, int(batch_size), int(num_workers)):
-                if stop.signum:
-                    break
-                skipped += batch.skipped
-                for s in batch.skipped:
-                    log.warning("skipped '%s': %s", s["path"], s["reason"])
-                if batch.images is not None and len(batch.images):
-                    pending.append(batch)
-                    while sum(len(b.paths) for b in pending) >= batch_size:
-                        written += embed(int(batch_size))
-                bar.update(len(batch.paths) + len(batch.skipped))
-            else:   # every input read: finish, even if a signal came in meanwhile
-                if pending:
-                    written += embed(sum(len(b.paths) for b in pending))
-                writer.close()
-                finished = True
-        if not finished:
-            writer.abort()
-            kept = (f"{len(writer.entries)} finished shards are kept in {base} (no manifest: rerun with "
-                    f"--overwrite to write it whole)" if fmt == "store" else "the partial output was removed "
-                    "(rerun the same command)")
-            raise Interrupted(f"interrupted ({signal_name(stop.signum)}) after {written} of {n_inputs} inputs; "
-                              f"{kept}", stop.signum)
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        bar.close()
-    report.write_text(json.dumps({"n_skipped": len(skipped), "skipped": skipped}, indent=2), encoding="utf-8")
-
-    outputs = {"store": [str(base)], "npy": [f"{base}.npy", f"{base}.paths.txt"], "csv": [f"{base}.csv"]}[fmt]
-    if fmt == "npy" and head_dims is not None:
-        outputs += [f"{base}.{n}.npy" for n in HEAD_FIELDS] + [f"{base}.head_classes.json"]
-    summary = {"n_inputs": n_inputs, "n_written": written, "n_skipped": len(skipped), "dim": encoder.dim,
-               "out": str(base), "format": fmt, "outputs": outputs, "skipped_report": str(report),
-               "encoder": encoder.name, "head": str(head) if head else None,
-               "head_hidden_dim": head_dims[0] if head_dims else None, "device": str(encoder.device)}
+    settings.update(inputs=attrs["inputs"], head_sha256=file_sha256(head) if head else None,   # what a resumed
+                    input_list_sha256=hashlib.sha256("\n".join(items).encode()).hexdigest(),  # run must match
+                    data=data_settings(cfg.data) if splits else None)
+    head_dims = None if head_model is None else (head_model.hidden_width, head_model.n_classes,
+                                                 head_model.classes.tolist())
+    sink = (StoreOut(base, encoder.dim, attrs, settings, o.rows_per_shard, n, head_dims, o.overwrite)
+            if fmt == "store" else NpyOut(base, n, encoder.dim, head_dims, o.overwrite) if fmt == "npy"
+            else CsvOut(base, encoder.dim, head_dims, o.overwrite))
+    written, skipped = _run(encoder, head_model, dataset, sink, o)
+    report = base / "skipped.json" if fmt == "store" else Path(f"{base}.skipped.json")
+    atomic_write_text(report, json.dumps({"n_skipped": len(skipped), "skipped": skipped}, indent=2))
     if strict and skipped:
         names = ", ".join(s["path"] for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-        raise DataError(f"--strict: {len(skipped)} of {n_inputs} inputs could not be read as images: {names} "
+        raise DataError(f"--strict: {len(skipped)} of {n} inputs could not be read as images: {names} "
                         f"(reasons in {report})")
-    return summary
+    return {"n_inputs": n, "n_written": written, "n_skipped": len(skipped), "dim": encoder.dim, "out": str(base),
+            "format": fmt, "outputs": sink.outputs, "skipped_report": str(report), "encoder": encoder.name,
+            "head": str(head) if head else None, "head_hidden_dim": head_dims[0] if head_dims else None,
+            "device": str(encoder.device)}
+
+
+def _split(cfg, name: str, image_size: int):
+    from byol.data import build_dataset
+    cfg.data.split = name
+    return build_dataset(cfg.data, image_size, name)
+
+
+def _run(encoder, head_model, dataset: InputList, sink, o: EmbedOptions) -> tuple[int, list[dict]]:
+    """Embed into `sink` the inputs it does not hold yet: (rows written in all, inputs skipped in all)."""
+    from byol.evaluate.heads import head_outputs
+    try:
+        start, written, skipped = sink.resume(dataset)    # after a stopped store's finished shards; npy, csv: 0
+    except BaseException:
+        sink.abort()
+        raise
+    read = [start]
+
+    def embed(images):
+        rows = encoder.embed(images)
+        written.append(len(rows))
+        return rows, (dict(zip(HEAD_FIELDS, head_outputs(head_model, rows))) if head_model is not None else None)
+
+    def batches():
+        for rows in iter_batches(dataset, [(a, min(a + o.batch_size, len(dataset)))
+                                           for a in range(start, len(dataset), o.batch_size)], o.num_workers):
+            for s in rows.skipped:
+                log.warning("skipped '%s': %s", s["path"], s["reason"])
+            skipped.extend(rows.skipped)
+            read[0] = rows.stop
+            yield rows
+
+    def interrupted(signal: str) -> str:
+        return f"interrupted ({signal}) after {read[0]} of {len(dataset)} inputs; {sink.kept_message()}"
+    bar = tqdm(total=len(dataset) - start, unit="img", desc="latent", dynamic_ncols=True, disable=not o.progress)
+    groups = ShardGroups(((k, o.rows_per_shard) for k in count(len(sink.kept))), o.batch_size)
+    embed_rows(embed, batches(), groups, sink, bar, interrupted)
+    return sum(written), skipped
 
 
 def build_parser(doc: str | None = None, prog: str = "python latent_eval/generate_latent_out.py"):
@@ -337,7 +179,7 @@ def build_parser(doc: str | None = None, prog: str = "python latent_eval/generat
     add_override_arguments(parser, "config overrides for split: inputs, e.g. data.root=/data (not right after "
                            "--input, which would take them as inputs)", set_alias=True)
     add_checkpoint_arguments(parser)
-    add_overwrite_argument(parser, "replace an earlier output at --out")
+    add_overwrite_argument(parser, "replace an earlier output at --out (a store stopped midway resumes without it)")
     add_progress_argument(parser)
     return parser
 

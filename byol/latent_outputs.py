@@ -1,184 +1,196 @@
-"""Where latent vectors go: the feature store (default), a memory-mapped .npy, or a .csv written
-row by row. Each writer takes batches (vectors [n, D], labels, indices, paths, optional head
-outputs) and finishes with a summary; see byol/latent.py for the file layouts.
+"""Where latent vectors go (`--format`; layouts: byol/latent.py), as sinks of extraction's core
+(byol/embed_loop.py): the store, through byol.store's ShardSink, resumable; a .npy; a .csv. npy
+and csv files are written under temp names as rows come and renamed into place once complete
+(byol/atomic.py): a run that fails or is stopped leaves nothing under their names.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import json
-import os
+import math
 from pathlib import Path
 
 import numpy as np
 
-from byol.errors import ConfigError
-from byol.store.lock import exclusive_writer
-from byol.store.resume import finished_files
-from byol.store.writer import ShardWriter, write_manifest
+from byol.atomic import PendingFile, atomic_write_text
+from byol.errors import ConfigError, StoreError
+from byol.file_lock import exclusive_writer
+from byol.store import MANIFEST, ShardSink, ShardWriter, write_manifest
+from byol.store.resume import keep_leading_shards, prepare_split_dir, shard_count
 
 HEAD_FIELDS = ("head_hidden", "head_probs", "head_pred")
+NPY_FILES = ("npy", "paths.txt", "head_classes.json", *(f"{name}.npy" for name in HEAD_FIELDS))
+
+
+def head_datasets(head_dims) -> dict:
+    """{field: (width, dtype)} of a head's outputs: hidden [N, h], probs [N, C] float32, pred [N] int64."""
+    hidden, n_classes, _ = head_dims
+    return dict(zip(HEAD_FIELDS, ((hidden, np.float32), (n_classes, np.float32), (None, np.int64))))
+
+
+def out_base(out: Path, fmt: str) -> Path:
+    return out.with_suffix("") if fmt != "store" and out.suffix.lower() in (".npy", ".csv") else out
+
+
+def _refuse_existing(out: Path, found: list[Path], overwrite: bool) -> None:
+    if found and not overwrite:
+        raise ConfigError(f"--out '{out}' already holds output ({found[0].name}); choose another --out "
+                          f"or pass --overwrite")
+
 
 class StoreOut:
-    """OUT/ as one feature-store split: shards of `rows_per_shard` rows, manifest last. With a head,
-    each shard also holds its outputs (HEAD_FIELDS) as extra datasets and `head_classes` as an attribute."""
+    """The store. A run stopped midway left finished shards (no manifest): a rerun with the same
+    settings keeps them (`kept`) and goes on after their inputs (`resume`); a complete store is
+    refused unless `overwrite`."""
 
-    def __init__(self, out: Path, dim: int, attrs: dict, settings: dict, rows_per_shard: int, head_dims=None):
-        self.out, self.dim, self.attrs, self.settings = out, dim, attrs, settings
-        self.rows_per_shard = rows_per_shard
-        self.shard_attrs, self.extra = attrs, None
-        if head_dims is not None:
-            hidden, n_classes, classes = head_dims
-            self.shard_attrs = dict(attrs, head_classes=[int(c) for c in classes])
-            self.extra = dict(zip(HEAD_FIELDS, ((hidden, np.float32), (n_classes, np.float32), (None, np.int64))))
-        self.writer: ShardWriter | None = None
-        self.entries, self.shard = [], 0
-        self.lock = contextlib.ExitStack()     # held until close()/abort(): one writer per store
+    def __init__(self, out: Path, dim: int, attrs: dict, settings: dict, rows_per_shard: int, n_inputs: int,
+                 head_dims=None, overwrite: bool = False):
+        self.out, self.dim, self.attrs, self.settings, self.outputs = out, dim, attrs, settings, [str(out)]
+        self.lock = contextlib.ExitStack()     # held until finish()/abort(): one writer per store
         self.lock.enter_context(exclusive_writer(out, "latent-vector run"))
+        try:
+            _refuse_existing(out, [p for p in [out / MANIFEST] if p.is_file()], overwrite)
+            prepare_split_dir(out, settings, shard_count(n_inputs, rows_per_shard), overwrite)
+            self.kept, self.indices = keep_leading_shards(out, rows_per_shard, dim, "float32")
+        except BaseException:
+            self.lock.close()
+            raise
+        extra = head_datasets(head_dims) if head_dims is not None else None
+        shard_attrs = attrs if head_dims is None else dict(attrs, head_classes=[int(c) for c in head_dims[2]])
+        self.writer_args = dict(dim=dim, with_paths=True, attrs=shard_attrs, settings=settings, extra=extra)
+        self.sink = ShardSink(out, dim, "float32", True, shard_attrs, settings, extra=extra)
+        self.put = self.sink.put
 
-    def _open(self):
-        self.writer = ShardWriter(self.out, self.shard, self.dim, "float32", with_paths=True, attrs=self.shard_attrs,
-                                  settings=self.settings, extra=self.extra)
+    def resume(self, inputs) -> tuple[int, list[int], list[dict]]:
+        """(the first input after the kept shards', [rows kept], the inputs skipped before it, read
+        again for their reasons)."""
+        start = int(self.indices[-1]) + 1 if len(self.indices) else 0
+        missing = np.setdiff1d(np.arange(start), self.indices)
+        skipped = [s for i in missing.tolist() for s in inputs.read_rows(i, i + 1).skipped]
+        if len(skipped) < len(missing):
+            raise StoreError(f"an input skipped by the stopped run at '{self.out}' is readable now: the inputs "
+                             f"changed; pass --overwrite to start again")
+        return start, [len(self.indices)], skipped
 
-    def write(self, emb, labels, indices, paths, head=None):
-        a = 0
-        while a < len(emb):
-            if self.writer is None:
-                self._open()
-            b = min(len(emb), a + self.rows_per_shard - self.writer.rows)
-            extra = None if head is None else {name: values[a:b] for name, values in zip(HEAD_FIELDS, head)}
-            self.writer.append(emb[a:b], labels[a:b], indices[a:b], paths[a:b], extra)
-            if self.writer.rows >= self.rows_per_shard:
-                self.entries.append(self.writer.close())
-                self.writer, self.shard = None, self.shard + 1
-            a = b
+    def kept_message(self) -> str:
+        return (f"{len(self.kept) + len(self.sink.entries)} finished shards are kept in {self.out} (no manifest): "
+                f"run the same command again to complete the store")
 
-    def close(self):
-        if self.writer is not None:
-            self.entries.append(self.writer.close())
-            self.writer = None
-        if not self.entries:   # no readable input: still a valid (empty) store
-            self._open()
-            self.entries.append(self.writer.close())
-            self.writer = None
-        write_manifest(self.out, self.entries, self.dim, "float32", self.settings, self.attrs)
+    def finish(self) -> dict:
+        entries = {**self.kept, **self.sink.finish()}
+        if not entries:   # no readable input: still a valid (empty) store
+            with ShardWriter(self.out, 0, **self.writer_args) as writer:
+                pass
+            entries[0] = writer.entry
+        write_manifest(self.out, list(entries.values()), self.dim, "float32", self.settings, self.attrs)
+        self.lock.close()
+        return entries
+
+    def abort(self) -> None:
+        self.sink.abort()
         self.lock.close()
 
-    def abort(self):
-        if self.writer is not None:
-            self.writer.abort()
-        self.lock.close()
+
+class _Streamed:
+    """npy, csv: files written over the run under temp names, renamed into place by finish(), dropped
+    by abort(). An earlier output (any of `names`) is refused unless `overwrite`, which deletes it."""
+    kept: dict = {}
+
+    def __init__(self, out: Path, names: tuple, overwrite: bool):
+        self.out, self.files = out, {}
+        found = [p for p in (Path(f"{out}.{name}") for name in names) if p.is_file()]   # OUT.skipped.json: replaced
+        _refuse_existing(out, found, overwrite)
+        for p in found:
+            p.unlink()
+
+    def stream(self, name: str, binary: bool = False):
+        pending = PendingFile(f"{self.out}.{name}")
+        self.files[pending] = open(pending.tmp, "wb") if binary else open(pending.tmp, "w", encoding="utf-8",
+                                                                          newline="")
+        return self.files[pending]
+
+    def resume(self, inputs) -> tuple[int, list[int], list[dict]]:
+        return 0, [], []
+
+    def kept_message(self) -> str:
+        return "the partial output was removed (rerun the same command)"
+
+    def finish(self) -> dict:
+        for pending, file in self.files.items():
+            file.close()
+            pending.commit()
+        return {}
+
+    def abort(self) -> None:
+        for pending, file in self.files.items():
+            file.close()
+            pending.discard()
 
 
-class _Npy:
-    """A float/int .npy filled through a memory map of the upper bound `rows`, trimmed on close."""
+class _NpyRows:
+    """An .npy whose rows are appended as they come, behind a header sized for `max_rows` (so memory
+    stays bounded), rewritten with the rows written by close()."""
 
-    def __init__(self, path: Path, rows: int, shape: tuple, dtype):
-        self.path, self.shape, self.dtype = path, shape, dtype
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self.map = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(max(rows, 1), *shape))
-        self.rows = 0
+    def __init__(self, file, shape: tuple, dtype, max_rows: int):
+        self.file, self.shape, self.dtype, self.rows, self.size = file, shape, np.dtype(dtype), 0, 0
+        self.size = len(self.header(max_rows))
+        file.write(self.header(0))
 
-    def write(self, values):
-        self.map[self.rows:self.rows + len(values)] = values
+    def header(self, rows: int) -> bytes:
+        """Format 1.0, padded with spaces to `size` bytes, and at least to a 64-byte boundary."""
+        text = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                     "shape": (rows, *self.shape)})
+        size = max(self.size, math.ceil((len(text) + 11) / 64) * 64)
+        return b"\x93NUMPY\x01\x00" + (size - 10).to_bytes(2, "little") + (text.ljust(size - 11) + "\n").encode()
+
+    def write(self, values) -> None:
+        self.file.write(np.ascontiguousarray(values, self.dtype).tobytes())
         self.rows += len(values)
 
-    def close(self):
-        self.map.flush()
-        if self.rows == len(self.map):
-            del self.map
-            os.replace(self.tmp, self.path)
-            return
-        final = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(self.rows, *self.shape))
-        for a in range(0, self.rows, 65536):
-            final[a:a + 65536] = self.map[a:min(a + 65536, self.rows)]
-        final.flush()
-        del final, self.map
-        self.tmp.unlink()
-
-    def abort(self):
-        self.map = None
-        self.tmp.unlink(missing_ok=True)
-        self.path.unlink(missing_ok=True)
+    def close(self) -> None:
+        self.file.seek(0)
+        self.file.write(self.header(self.rows))
 
 
-class NpyOut:
-    def __init__(self, out: Path, rows: int, dim: int, head_dims=None):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.base = out
-        self.arrays = {"": _Npy(Path(f"{out}.npy"), rows, (dim,), np.float32)}
-        if head_dims is not None:
-            hidden, n_classes, classes = head_dims
-            self.arrays["head_hidden"] = _Npy(Path(f"{out}.head_hidden.npy"), rows, (hidden,), np.float32)
-            self.arrays["head_probs"] = _Npy(Path(f"{out}.head_probs.npy"), rows, (n_classes,), np.float32)
-            self.arrays["head_pred"] = _Npy(Path(f"{out}.head_pred.npy"), rows, (), np.int64)
-            Path(f"{out}.head_classes.json").write_text(json.dumps([int(c) for c in classes]))
-        self.paths = open(f"{out}.paths.txt", "w", encoding="utf-8")
+class NpyOut(_Streamed):
+    def __init__(self, out: Path, rows: int, dim: int, head_dims=None, overwrite: bool = False):
+        super().__init__(out, NPY_FILES, overwrite)
+        self.head_dims = head_dims
+        self.arrays = [_NpyRows(self.stream("npy", binary=True), (dim,), np.float32, rows)]
+        self.paths = self.stream("paths.txt")
+        for name, (width, dtype) in head_datasets(head_dims).items() if head_dims is not None else ():
+            self.arrays.append(_NpyRows(self.stream(f"{name}.npy", binary=True), () if width is None else (width,),
+                                        dtype, rows))
+        self.outputs = [str(p.path) for p in self.files] + ([f"{out}.head_classes.json"] if head_dims else [])
 
-    def write(self, emb, labels, indices, paths, head=None):
-        self.arrays[""].write(emb)
-        if head is not None:
-            for name, values in zip(HEAD_FIELDS, head):
-                self.arrays[name].write(values)
+    def put(self, shard, rows, labels, indices, paths, last, extra=None) -> None:
+        for array, values in zip(self.arrays, [rows, *(extra[name] for name in HEAD_FIELDS if extra is not None)]):
+            array.write(values)
         self.paths.writelines(p.replace("\n", " ") + "\n" for p in paths)
 
-    def close(self):
-        for a in self.arrays.values():
-            a.close()
-        self.paths.close()
-
-    def abort(self):
-        for a in self.arrays.values():
-            a.abort()
-        self.paths.close()
-        for p in (Path(self.paths.name), Path(f"{self.base}.head_classes.json")):
-            p.unlink(missing_ok=True)
+    def finish(self) -> dict:
+        for array in self.arrays:
+            array.close()
+        super().finish()
+        if self.head_dims is not None:
+            atomic_write_text(f"{self.out}.head_classes.json", json.dumps([int(c) for c in self.head_dims[2]]))
+        return {}
 
 
-class CsvOut:
-    def __init__(self, out: Path, dim: int, head_dims=None):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(f"{out}.csv", "w", encoding="utf-8", newline="")
-        self.csv = csv.writer(self.file)
+class CsvOut(_Streamed):
+    def __init__(self, out: Path, dim: int, head_dims=None, overwrite: bool = False):
+        super().__init__(out, ("csv",), overwrite)
+        self.csv, self.outputs = csv.writer(self.stream("csv")), [f"{out}.csv"]
         header = ["path", "label"] + [f"f{i}" for i in range(dim)]
         if head_dims is not None:
-            hidden, n_classes, classes = head_dims
+            hidden, _, classes = head_dims
             header += [f"h{i}" for i in range(hidden)] + [f"p_{int(c)}" for c in classes] + ["pred"]
         self.csv.writerow(header)
 
-    def write(self, emb, labels, indices, paths, head=None):
-        for r in range(len(emb)):
-            row = [paths[r], int(labels[r])] + [f"{v:.9g}" for v in emb[r]]
-            if head is not None:
-                row += [f"{v:.9g}" for v in head[0][r]] + [f"{v:.9g}" for v in head[1][r]] + [int(head[2][r])]
+    def put(self, shard, rows, labels, indices, paths, last, extra=None) -> None:
+        for r in range(len(rows)):
+            row = [paths[r], int(labels[r])] + [f"{v:.9g}" for v in rows[r]]
+            if extra is not None:
+                row += [f"{v:.9g}" for name in HEAD_FIELDS[:2] for v in extra[name][r]] + [int(extra["head_pred"][r])]
             self.csv.writerow(row)
-
-    def close(self):
-        self.file.close()
-
-    def abort(self):
-        self.file.close()
-        Path(self.file.name).unlink(missing_ok=True)
-
-
-# ------------------------------------------------------------------------------------ command
-def out_base(out: Path, fmt: str) -> Path:
-    if fmt != "store" and out.suffix.lower() in (".npy", ".csv"):
-        return out.with_suffix("")
-    return out
-
-
-def check_out(out: Path, fmt: str, overwrite: bool) -> list[Path]:
-    """Refuse to mix with an earlier output unless `overwrite` (which deletes it first)."""
-    if fmt == "store":
-        existing = finished_files(out)
-    else:
-        names = ["csv"] if fmt == "csv" else ["npy", "paths.txt", "head_classes.json",
-                                               *(f"{n}.npy" for n in HEAD_FIELDS)]
-        existing = [p for p in (Path(f"{out}.{n}") for n in names) if p.is_file()]   # OUT.skipped.json: replaced
-    if existing and not overwrite:
-        raise ConfigError(f"--out '{out}' already holds output ({existing[0].name}); choose another --out "
-                          f"or pass --overwrite")
-    for p in existing:
-        p.unlink()
-    return existing

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.atomic import atomic_write_text
+from byol.atomic import atomic_savefig, atomic_write_text
 from byol.verdict import verdict
 
 log = logging.getLogger("byol")
@@ -58,14 +58,14 @@ def plot_training(rows: list[dict], out: Path) -> list[str]:
         ax[1].plot([r["step"] for r in steps], [r["collapse_std"] for r in steps], color="C1")
         ax[1].set(xlabel="step", ylabel="std of normalised z x sqrt(d)", title="collapse indicator (0 = collapsed)",
                   ylim=(0, None))
-        fig.tight_layout(), fig.savefig(out / "loss.png", dpi=110), plt.close(fig)
+        fig.tight_layout(), atomic_savefig(fig, out / "loss.png", dpi=110), plt.close(fig)
         made.append("loss.png")
     knn = [r for r in rows if "knn_top1" in r]
     if knn:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], marker="o")
         ax.set(xlabel="epoch", ylabel="top-1 (%)", title="online kNN accuracy")
-        fig.tight_layout(), fig.savefig(out / "knn.png", dpi=110), plt.close(fig)
+        fig.tight_layout(), atomic_savefig(fig, out / "knn.png", dpi=110), plt.close(fig)
         made.append("knn.png")
     return made
 
@@ -90,7 +90,7 @@ def plot_embedding(test_store_dir: Path, out: Path, max_points: int = 2000, seed
         sc = a.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10", s=6)
         a.set(title=f"test embeddings: {name}", xticks=[], yticks=[])
     fig.colorbar(sc, ax=ax, label="class")
-    fig.savefig(out / "embedding.png", dpi=110), plt.close(fig)
+    atomic_savefig(fig, out / "embedding.png", dpi=110), plt.close(fig)
     return ["embedding.png"]
 
 
@@ -106,7 +106,7 @@ def plot_confusion(csv_path: Path, out: Path, title: str) -> list[str]:
     for (i, j), v in np.ndenumerate(matrix):
         if v:
             ax.text(j, i, int(v), ha="center", va="center", fontsize=7)
-    fig.tight_layout(), fig.savefig(out / "confusion.png", dpi=110), plt.close(fig)
+    fig.tight_layout(), atomic_savefig(fig, out / "confusion.png", dpi=110), plt.close(fig)
     return ["confusion.png"]
 
 

@@ -16,7 +16,8 @@ the same shard format as `python -m byol.extract`; npy: OUT.npy + OUT.paths.txt;
 --head HEAD adds the head's hidden layer, class probabilities and predicted class (store: shard
 datasets head_hidden/head_probs/head_pred; npy: OUT.head_*.npy; csv: h*, p_<class>, pred columns).
 Unreadable inputs are skipped and listed in OUT/skipped.json (store) or OUT.skipped.json; --strict
-exits 2 naming them. Checkpoints load with weights_only=True; --trust-checkpoint allows pickle code.
+exits 2 naming them. A store stopped midway (Ctrl-C, SIGTERM) resumes: run the same command again.
+Checkpoints load with weights_only=True; --trust-checkpoint allows pickle code.
 The last stdout line is a JSON summary: n_inputs, n_written, n_skipped, dim, out, format, ...
 Full reference: byol/latent.py.
 """

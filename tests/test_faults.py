@@ -34,7 +34,7 @@ from byol.extract import extract
 from byol.store import FeatureStore
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
-from byol.store.lock import exclusive_writer
+from byol.file_lock import exclusive_writer
 
 from testkit import REPO, TINY
 

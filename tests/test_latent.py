@@ -1,7 +1,8 @@
 """latent_eval/generate_latent_out.py: latent vectors of files, folders, lists and splits, equal to
-`byol.extract`'s; odd images converted or reported; store/npy/csv outputs; heads; --strict;
-no pickle code run (CPU, seconds)."""
+`byol.extract`'s; odd images converted or reported; store/npy/csv outputs; heads; --strict; a
+stopped store resumed without --overwrite; no pickle code run (CPU, seconds)."""
 import json
+import time
 from pathlib import Path
 
 import h5py
@@ -14,7 +15,8 @@ from byol.evaluate.head_file import head_record, save_head
 from byol.evaluate.heads import build_head, head_outputs
 from byol.extract import extract
 from byol.latent import generate, main as latent_main
-from byol.store import FeatureStore
+from byol.errors import ConfigError, StoreError
+from byol.store import FeatureStore, ShardSink
 from byol.encoders.build import build_encoder
 
 from testkit import REPO, TINY, run_cli, run_main, write_encoder
@@ -121,6 +123,46 @@ def test_npy_csv_and_head_outputs(encoder_pt, odd_folder, tmp_path):
     assert len(header) == 2 + 512 + 8 + 3 + 1 and len(lines) == 5
     table = np.array([row.split(",")[2:2 + 512] for row in lines[1:]], dtype=np.float32)
     np.testing.assert_allclose(table, emb, atol=1e-6)
+
+
+def test_store_stopped_midway_resumes_without_overwrite_to_the_uninterrupted_store(encoder_pt, odd_folder,
+                                                                                    tmp_path, monkeypatch):
+    """A stop after shards 0-2 (inputs 0-6, fake.jpg = input 4 skipped among them); the rerun without
+    --overwrite keeps them, embeds inputs 7-9 and reports fake.jpg again: the uninterrupted store."""
+    settings = dict(batch_size=2, rows_per_shard=2, progress=False)
+    reference = generate(encoder_pt, [str(odd_folder)], tmp_path / "ref", **settings)
+    real_put, puts = ShardSink.put, []
+
+    class Stopped(Exception):
+        pass
+
+    def put_then_stop(self, *args, **kwargs):     # the 4th group (shard 3) never arrives: the run stops
+        puts.append(args[0])
+        if len(puts) == 4:
+            deadline = time.monotonic() + 30
+            while not (tmp_path / "lat" / "shard-00002.h5").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise Stopped
+        return real_put(self, *args, **kwargs)
+    monkeypatch.setattr(ShardSink, "put", put_then_stop)
+    with pytest.raises(Stopped):
+        generate(encoder_pt, [str(odd_folder)], tmp_path / "lat", **settings)
+    monkeypatch.undo()
+    assert puts == [0, 1, 2, 3] and not (tmp_path / "lat" / "manifest.json").exists()
+    assert sorted(p.name for p in (tmp_path / "lat").glob("shard-*.h5")) == [f"shard-0000{k}.h5" for k in range(3)]
+    assert not list((tmp_path / "lat").glob(".*tmp*"))
+
+    summary = generate(encoder_pt, [str(odd_folder)], tmp_path / "lat", **settings)
+    ref, lat = FeatureStore.open(tmp_path / "ref", verify=True), FeatureStore.open(tmp_path / "lat", verify=True)
+    assert [s["sha256"] for s in lat.shards] == [s["sha256"] for s in ref.shards] and len(lat.shards) == 4
+    assert lat.settings == ref.settings and list(lat.paths()) == list(ref.paths())
+    assert (tmp_path / "lat" / "skipped.json").read_text() == (tmp_path / "ref" / "skipped.json").read_text()
+    assert (summary["n_written"], summary["n_skipped"]) == (reference["n_written"], reference["n_skipped"]) == (8, 2)
+    with pytest.raises(ConfigError, match="already holds output"):     # a complete store is still refused
+        generate(encoder_pt, [str(odd_folder)], tmp_path / "lat", **settings)
+    (tmp_path / "lat" / "manifest.json").unlink()                       # as if stopped before the manifest:
+    with pytest.raises(StoreError, match="other settings"):             # other settings are refused
+        generate(encoder_pt, [str(odd_folder)], tmp_path / "lat", **dict(settings, rows_per_shard=3))
 
 
 def test_split_input_equals_extract(encoder_pt, tmp_path):

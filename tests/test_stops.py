@@ -8,6 +8,7 @@ half-written remains; then a rerun (`--resume` for training) ends exactly where 
 run ends: every checkpoint tensor equal, every shard's SHA-256 equal. Plus: under torchrun a
 signal to ONE rank stops every rank at the same step. Tiny settings, CPU, seconds each.
 """
+import json
 import os
 import signal
 import socket
@@ -256,25 +257,36 @@ def test_extraction_stopped_by_a_group_signal_keeps_finished_shards_and_complete
     assert digests(split) == reference_store and (split / "manifest.json").is_file()
 
 
-def test_latent_vectors_stopped_by_a_group_signal_keep_finished_shards(start, tmp_path, encoder, images):
-    out = tmp_path / "latents"
-    slow = SLOW_SINK.replace("byol.store.sink as sink", "byol.latent_outputs as sink").replace(
-        "ShardSink.put", "StoreOut.write").replace('"byol.extract"] +', '"generate_latent_out.py"] +').replace(
+def test_latent_store_stopped_by_a_group_signal_resumes_to_the_uninterrupted_store(start, tmp_path, encoder,
+                                                                                      images):
+    out, bad = tmp_path / "latents", tmp_path / "empty.png"
+    bad.write_bytes(b"")                               # input 0: skipped, before the point the rerun resumes at
+    slow = SLOW_SINK.replace('"byol.extract"] +', '"generate_latent_out.py"] +').replace(
         'runpy.run_module("byol.extract", run_name="__main__", alter_sys=True)',
         'runpy.run_path("latent_eval/generate_latent_out.py", run_name="__main__")')
-    args = ["--checkpoint", str(encoder), "--input", str(images), "--out", str(out), "--batch-size", "2",
+    args = ["--checkpoint", str(encoder), "--input", str(bad), str(images), "--out", str(out), "--batch-size", "2",
             "--rows-per-shard", "4", "--num-workers", "2", "--no-progress"]
     proc = start([sys.executable, "-c", slow, *args], tmp_path / "err.txt")
     wait_for(lambda: len(list(out.glob("shard-*.h5"))) >= 2, proc)
     os.killpg(proc.pid, signal.SIGTERM)
     text = stopped(proc, signal.SIGTERM, tmp_path / "err.txt")
     kept = sorted(out.glob("shard-*.h5"))
-    assert f"finished shards are kept in {out}" in text and 2 <= len(kept) < 12
-    assert not list(out.glob(".*tmp*")) and not (out / "manifest.json").exists()
+    assert f"finished shards are kept in {out}" in text and "run the same command again" in text
+    assert 2 <= len(kept) < 12 and not list(out.glob(".*tmp*")) and not (out / "manifest.json").exists()
     for shard in kept:                                 # whole shards: 4 rows each, readable
         with h5py.File(shard, "r") as f:
             assert f["embeddings"].shape == (4, 512)
+    untouched = {p.name: os.stat(p).st_ino for p in kept}
 
-    summary = generate(encoder, [str(images)], out, batch_size=2, num_workers=2, rows_per_shard=4,
-                       overwrite=True, progress=False)                # the command again, with --overwrite
-    assert summary["n_written"] == summary["n_inputs"] == 48 and (out / "manifest.json").is_file()
+    settings = dict(batch_size=2, num_workers=2, rows_per_shard=4, progress=False)
+    reference = generate(encoder, [str(bad), str(images)], tmp_path / "reference", **settings)
+    summary = generate(encoder, [str(bad), str(images)], out, **settings)    # the same command: no --overwrite
+    assert {p: os.stat(out / p).st_ino for p in untouched} == untouched        # kept, not written again
+    assert digests(out) == digests(tmp_path / "reference") and len(digests(out)) == 12
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (out, tmp_path / "reference")]
+    assert manifests[0]["shards"] == manifests[1]["shards"] and manifests[0]["settings"] == manifests[1]["settings"]
+    assert (out / "skipped.json").read_text() == (tmp_path / "reference" / "skipped.json").read_text()
+    ignore = ("out", "outputs", "skipped_report")
+    assert {k: v for k, v in summary.items() if k not in ignore} == {k: v for k, v in reference.items()
+                                                                     if k not in ignore}
+    assert (summary["n_inputs"], summary["n_written"], summary["n_skipped"]) == (49, 48, 1)

@@ -7,6 +7,7 @@ label -1 for unlabeled images, and has `classes`, `name` and an int64 `labels` a
     augment.py       the paper's two views (+ multi-crop), batched on the training device, per sample
     crops.py         a folder's training crops, cut in the DataLoader workers from the whole image
     batches.py       reading rows [start, stop) ahead of the consumer (extraction, latent vectors)
+    input_list.py    latent vectors' inputs (files, folders, lists, splits) as one dataset
 """
 from __future__ import annotations
 

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from byol.atomic import PendingFile
 from byol.errors import DataError
+from byol.file_lock import held_lock
 
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"   # torchvision's constants
 MD5 = "91f7769df0f17e558f3565bffb0c7dfb"
@@ -188,13 +190,7 @@ class STL10(Dataset):
 
 def _download_once(root: Path) -> None:
     """Download under a file lock, so that several ranks starting together fetch it once."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".stl10_download.lock", "w") as lock:
-        try:
-            import fcntl
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except ImportError:   # no flock (Windows): one process at a time is then up to the user
-            pass
+    with held_lock(root / ".stl10_download.lock", wait=True):
         if not all((root / FOLDER / f).is_file() for f in
                    _required_files("train+unlabeled") + _required_files("test")):
             download_stl10(root)
@@ -211,17 +207,18 @@ def _file_md5(path: Path) -> str:
 def download_stl10(root, url: str | None = None, md5: str | None = None, progress: bool = True) -> Path:
     """Fetch the official archive to ROOT, check its MD5, extract ROOT/stl10_binary/; return that.
 
-    The download streams to a `.part` file hashed while written, and is renamed only once the MD5
-    matches, so an interrupted or corrupted download never passes for the archive."""
+    The download streams to a temp file beside the archive (byol/atomic.py), hashed while written,
+    and is renamed into place only once the MD5 matches, so an interrupted or corrupted download
+    never passes for the archive."""
     from tqdm import tqdm
     url, md5 = url or URL, md5 or MD5
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    archive, part = root / ARCHIVE, root / (ARCHIVE + ".part")
+    archive = root / ARCHIVE
     if not (archive.is_file() and _file_md5(archive) == md5):
-        digest = hashlib.md5(usedforsecurity=False)
+        part, digest = PendingFile(archive), hashlib.md5(usedforsecurity=False)
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out, \
+            with urllib.request.urlopen(url, timeout=60) as response, open(part.tmp, "wb") as out, \
                     tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B",
                          unit_scale=True, desc=f"downloading {ARCHIVE}", disable=not progress) as bar:
                 while chunk := response.read(1 << 20):
@@ -229,14 +226,14 @@ def download_stl10(root, url: str | None = None, md5: str | None = None, progres
                     digest.update(chunk)
                     bar.update(len(chunk))
         except OSError as e:   # URLError, timeouts and disk errors are all OSErrors
-            part.unlink(missing_ok=True)
-            raise DataError(f"could not download {url} to '{part}': {e}; download and extract it "
+            part.discard()
+            raise DataError(f"could not download {url} to '{archive}': {e}; download and extract it "
                             f"by hand into '{root}'") from None
         if digest.hexdigest() != md5:
-            part.unlink(missing_ok=True)
+            part.discard()
             raise DataError(f"download of {url} is corrupted: MD5 {digest.hexdigest()}, expected {md5}; "
                             f"try again")
-        part.replace(archive)
+        part.commit()
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(root, filter="data")

@@ -12,20 +12,24 @@ is safe to open), it is written from numpy without torch, and torch reads it too
 byol.evaluate.heads). Version 1 files (`torch.save` of a dict, written before this project's first
 release) are not read: loading one is an error that names it and says to retrain the head.
 
-Use: `head, meta = load_head(path)`; `save_head(path, head_record(head, kind, store_attrs, metrics))`.
+Use: `head, meta = load_head(path)`; `save_head(path, head_record(head, kind, store_attrs, metrics))`;
+`load_head_for(path, dim, checkpoint_sha256)` for an encoder's rows (latent vectors), checked against it.
 """
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from byol.atomic import atomic_path
-from byol.errors import CheckpointError
+from byol.errors import CheckpointError, ConfigError
 from byol.evaluate.heads import Head, build_head
 from byol.store.format import to_json
+
+log = logging.getLogger("byol")
 
 FORMAT = "byol-head"
 VERSION = 2
@@ -96,3 +100,17 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     except (KeyError, ValueError):
         raise CheckpointError(f"{path}: head file without readable metadata") from None
     return tensors, meta
+
+
+def load_head_for(path: str | Path, dim: int, checkpoint_sha256: str | None) -> Head:
+    """load_head for the `dim`-d rows of an encoder: ConfigError if the head takes other rows; a
+    warning if it was trained on the features of another checkpoint than `checkpoint_sha256`."""
+    head, meta = load_head(path)
+    if int(meta["in_dim"]) != dim:
+        raise ConfigError(f"--head '{path}' takes {meta['in_dim']}-d inputs but the encoder gives "
+                          f"{dim}-d vectors; use the head trained on this encoder's features")
+    theirs = (meta.get("store_attrs") or {}).get("checkpoint_sha256")
+    if theirs and theirs != checkpoint_sha256:
+        log.warning("--head was trained on features of another checkpoint (sha256 %s...); its outputs "
+                    "may be meaningless here", str(theirs)[:12])
+    return head

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.atomic import atomic_write_text
+from byol.atomic import atomic_path, atomic_write_text
 
 CONFUSION_SUFFIXES = (".json", "-confusion.csv", "-confusion.npy")
 
@@ -100,7 +100,7 @@ def _claim(path: Path, overwrite: bool) -> bool:
 def write_confusion_csv(path: Path, confusion: np.ndarray, labels: np.ndarray) -> None:
     lines = ["true\\pred," + ",".join(str(int(v)) for v in labels)]
     lines += [f"{int(label)}," + ",".join(str(int(v)) for v in row) for label, row in zip(labels, confusion)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_results(result: dict, confusion: np.ndarray, labels: np.ndarray, directory: str | Path,
@@ -117,6 +117,7 @@ def write_results(result: dict, confusion: np.ndarray, labels: np.ndarray, direc
                   confusion_npy=str(directory / f"{stem}-confusion.npy"),
                   confusion_labels=[int(v) for v in labels])
     write_confusion_csv(Path(result["confusion_csv"]), confusion, labels)
-    np.save(result["confusion_npy"], confusion)
+    with atomic_path(result["confusion_npy"]) as tmp, open(tmp, "wb") as f:   # np.save(path) would add .npy
+        np.save(f, confusion)
     atomic_write_text(result["results_file"], json.dumps(result, indent=2) + "\n")
     return result

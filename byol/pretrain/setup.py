@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from byol import distributed as dist_utils
+from byol.atomic import stale_temp_files
 from byol.config import Config, save_config, small_stem_for
 from byol.errors import ConfigError
 from byol.data import build_dataset, build_training_dataset
@@ -233,7 +234,7 @@ def restore(checkpoint: Path, resuming: bool, ctx: dist_utils.Context, online, t
     if not resuming:
         return 0, None
     if ctx.is_main:
-        for stale in checkpoint.parent.glob(".*.tmp-*"):    # a checkpoint write cut short by a kill
+        for stale in stale_temp_files(checkpoint.parent):    # a checkpoint write cut short by a kill
             log.info("removing %s, left by an interrupted checkpoint write", stale)
             stale.unlink(missing_ok=True)
     if not checkpoint.exists():

@@ -3,16 +3,15 @@
     format.py   names, constants (feature-space keys, chunk sizes) and the JSON encoding shared by all
     reader.py   FeatureStore: open, verify, read row blocks; check_compatible
     writer.py   ShardWriter (one shard, atomic; extra per-row datasets) and write_manifest (marks a split complete)
-    sink.py     ShardSink: extraction's background writer
-    resume.py   a split dir ready for a (re)run; which finished shards a rerun keeps
-    lock.py     exclusive_writer: one writer per store (flock)
+    sink.py     ShardSink: the background writer (extraction, latent vectors)
+    resume.py   a split dir ready for a (re)run; which finished shards a rerun keeps (extraction's, latent's)
 
 The only code that opens shards or manifests. Torch-free (enforced by tests/test_store_api.py):
 evaluation reads stores without importing torch.
 """
+from byol.file_lock import exclusive_writer     # one writer per store (flock): byol/file_lock.py
 from byol.store.format import (DTYPES, FEATURE_ATTRS, FEATURE_SETTINGS, FIELDS, FORMAT, MANIFEST, MAX_CHUNK_BYTES,
                                VERSION, chunk_rows, shard_name, to_json)
-from byol.store.lock import exclusive_writer
 from byol.store.reader import FeatureStore, check_compatible
 from byol.store.sink import ShardSink
 from byol.store.writer import ShardWriter, write_manifest

@@ -8,6 +8,10 @@ mixing shards of two runs would silently give rows from two feature spaces.
 
     known = prepare_split_dir(split_dir, settings, shard_count(n, R), overwrite)   # once, before any write
     kept, todo = keep_finished_shards(split_dir, shards, n, R, dim, dtype, known)    # each writer, its shards
+
+Latent vectors skip unreadable inputs, so their shard k holds the k-th R rows written, not fixed
+rows of the input: a rerun keeps the leading finished shards (`keep_leading_shards`) and goes on
+after the last input they hold.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from byol.atomic import file_sha256
+from byol.atomic import file_sha256, stale_temp_files
 from byol.errors import StoreError
 from byol.store.format import MANIFEST, SETTINGS_ATTR, shard_name
 
@@ -67,8 +71,8 @@ def prepare_split_dir(split_dir: str | Path, settings: dict, n_shards: int, over
     """
     split_dir = Path(split_dir)
     if overwrite and split_dir.is_dir():   # every file a run writes here, finished or not; other files stay
-        for pattern in ("shard-*.h5", ".shard-*.h5.tmp-*", MANIFEST, f".{MANIFEST}.tmp-*", "virtual.h5"):
-            for path in split_dir.glob(pattern):
+        for pattern in ("shard-*.h5", MANIFEST, "virtual.h5"):
+            for path in [*split_dir.glob(pattern), *stale_temp_files(split_dir, pattern)]:
                 path.unlink(missing_ok=True)
     known = {}
     manifest = split_dir / MANIFEST
@@ -83,7 +87,7 @@ def prepare_split_dir(split_dir: str | Path, settings: dict, n_shards: int, over
         known = {s["name"]: s["sha256"] for s in shards if isinstance(s, dict) and "sha256" in s}
         manifest.unlink()
     wanted = {shard_name(k) for k in range(n_shards)}
-    for tmp in split_dir.glob(".shard-*.h5.tmp-*"):
+    for tmp in stale_temp_files(split_dir, "shard-*.h5"):
         tmp.unlink(missing_ok=True)
     for path in sorted(split_dir.glob("shard-*.h5")):
         try:
@@ -141,3 +145,33 @@ def keep_finished_shards(split_dir: str | Path, shards, n_rows: int, rows_per_sh
         else:
             todo.append(k)
     return kept, todo
+
+
+def keep_leading_shards(split_dir: str | Path, rows_per_shard: int, dim: int,
+                        dtype: str) -> tuple[dict[int, dict], np.ndarray]:
+    """For a run whose shards fill R rows each, in order, rows skipped between them (latent vectors):
+    ({k: manifest entry} of the finished shards 0, 1, ... it keeps, int64 [k * R] their rows' indices).
+
+    A shard is kept while it holds R `dtype` rows [R, dim] with indices rising past the previous
+    shard's; the first that does not (missing, the short last shard of a cut-off run, unreadable)
+    and every later one are deleted. Settings were checked by prepare_split_dir."""
+    split_dir = Path(split_dir)
+    kept, indices = {}, [np.empty(0, np.int64)]
+    while (path := split_dir / shard_name(len(kept))).is_file():
+        try:
+            with h5py.File(path, "r") as f:
+                emb, idx = f["embeddings"], f["indices"][:]
+                ok = (emb.shape == (rows_per_shard, dim) and emb.dtype == np.dtype(dtype)
+                      and f["labels"].shape == idx.shape == (rows_per_shard,) and bool(np.all(np.diff(idx) > 0))
+                      and idx[0] > (indices[-1][-1] if kept else -1))
+        except (OSError, KeyError):
+            ok = False
+        if not ok:
+            break
+        kept[len(kept)] = {"name": path.name, "rows": rows_per_shard, "sha256": file_sha256(path)}
+        indices.append(idx.astype(np.int64))
+    for path in split_dir.glob("shard-*.h5"):
+        if path.name not in {entry["name"] for entry in kept.values()}:
+            log.warning("%s is not a finished shard this run can keep; writing it again", path)
+            path.unlink()
+    return kept, np.concatenate(indices)

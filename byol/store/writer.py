@@ -15,24 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from byol.atomic import atomic_write_text, file_sha256, write_error
+from byol.atomic import PendingFile, atomic_write_text, file_sha256, write_error
 from byol.errors import StoreError
 from byol.store.format import DTYPES, FIELDS, FORMAT, MANIFEST, SETTINGS_ATTR, VERSION, chunk_rows, shard_name, to_json
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's bytes to disk, so a rename never exposes data still only in the page cache."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory so a rename in it survives a power cut; where the OS refuses, there is nothing more to do."""
-    with contextlib.suppress(OSError):
-        _fsync(path)
 
 
 def _attr_value(value):
@@ -73,23 +58,18 @@ class ShardWriter:
         self.split_dir.mkdir(parents=True, exist_ok=True)
         self.name = shard_name(index)
         self.path = self.split_dir / self.name
-        self.tmp = self.split_dir / f".{self.name}.tmp-{os.getpid()}"
+        self._pending = PendingFile(self.path)     # byol/atomic.py: temp name, fsync, rename
+        self.tmp = self._pending.tmp
         self.dim, self.dtype, self.with_paths = int(dim), np.dtype(dtype), with_paths
         self.rows = 0
         self.entry: dict | None = None
         self._file: h5py.File | None = None
-        try:
+        with self._pending.guarded(self.abort):   # disk full, no permission: the earlier shards stay as they are
             self._file = h5py.File(self.tmp, "w")
             self._create_datasets(chunk_rows)
             for key, value in (attrs or {}).items():
                 self._file.attrs[key] = _attr_value(value)
             self._file.attrs[SETTINGS_ATTR] = to_json(settings or {}, sort_keys=True)
-        except OSError as e:    # disk full, no permission: the earlier shards stay as they are
-            self.abort()
-            raise write_error(self.path, e) from e
-        except BaseException:
-            self.abort()
-            raise
 
     def _create_datasets(self, limit: int) -> None:
         """Empty, row-resizable, row-chunked datasets; a chunk stays <= 4 MB so reads of a few rows are cheap.
@@ -154,20 +134,12 @@ class ShardWriter:
             return self.entry
         if self._file is None:
             raise ValueError(f"{self.tmp}: shard writer was aborted")
-        try:
+        with self._pending.guarded(self.abort):
             self._file.flush()
             self._file.close()
             self._file = None
-            _fsync(self.tmp)
             digest = file_sha256(self.tmp)  # the bytes that the rename puts under the final name
-            os.replace(self.tmp, self.path)
-        except OSError as e:
-            self.abort()
-            raise write_error(self.path, e) from e
-        except BaseException:
-            self.abort()
-            raise
-        _fsync_dir(self.split_dir)
+        self._pending.commit()
         self.entry = {"name": self.name, "rows": self.rows, "sha256": digest}
         return self.entry
 
@@ -177,7 +149,7 @@ class ShardWriter:
             with contextlib.suppress(Exception):
                 self._file.close()
             self._file = None
-        self.tmp.unlink(missing_ok=True)
+        self._pending.discard()
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -203,7 +175,4 @@ def write_manifest(split_dir: str | Path, shards: list[dict], dim: int, dtype: s
     manifest = {"format": FORMAT, "version": VERSION, "dim": int(dim), "dtype": str(dtype),
                 "n_rows": sum(e["rows"] for e in entries), "shards": entries, "settings": settings,
                 "attrs": attrs, "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    path = split_dir / MANIFEST
-    atomic_write_text(path, to_json(manifest, indent=2))
-    _fsync_dir(split_dir)
-    return path
+    return atomic_write_text(split_dir / MANIFEST, to_json(manifest, indent=2))
