@@ -105,8 +105,10 @@ def with_budget_defaults(cfg: Config, user_keys: set[str]) -> tuple[Config, list
     for default in BUDGET_DEFAULTS:
         if default.key in user_keys:
             kept.append(default)
-        elif default.for_config(cfg) is not None and _get(cfg, default.key) != default.for_config(cfg):
-            cfg = _with(cfg, default.key, default.for_config(cfg))
+            continue
+        picked = default.for_config(cfg)        # None: not measured for this config (the LR, off SGD)
+        if picked is not None and _get(cfg, default.key) != picked:
+            cfg = _with(cfg, default.key, picked)
             applied.append(default)
     for d in applied:
         log.info("time budget %s: %s=%s (budget default: %s)", cfg.trainer.max_time, d.key, _get(cfg, d.key), d.why)
