@@ -2,6 +2,8 @@
 
     python benchmarks/extract_throughput.py --n-images 2000 20000 --arch resnet18 --batch-size 256 \\
            --image-size 96 [--throughput-images 2000 --rounds 3] [--device cuda] [--channels-last]
+    python benchmarks/extract_throughput.py --rounds 0 --n-images 2000 20000 200000 --image-size 16
+                                                   # memory only: is peak RSS flat in the row count?
 
 Writes a random STL-10 train file of 96x96 images (`write_stl10_binary`) and a randomly
 initialised torchvision-style checkpoint into a temp dir, then, in fresh child processes:
@@ -9,8 +11,10 @@ initialised torchvision-style checkpoint into a temp dir, then, in fresh child p
   throughput: --rounds alternating runs over the first --throughput-images images of
     encoder only: each uint8 batch read untimed, then eval_transform + forward timed alone;
     extraction:   `byol.extract.extract` end to end (pread reads, forward, HDF5 writes, hashing);
-    the best round of each is compared (noise on a shared machine only ever slows a run down);
-  memory: one extraction per --n-images value, each in its own process, for its peak RSS.
+    the best round of each is compared (noise on a shared machine only ever slows a run down)
+    (--rounds 0 skips them);
+  memory: one extraction per --n-images value, each in its own process, for its peak RSS (VmHWM)
+    and its resident anonymous / file-backed memory at the end (/proc/self/status).
 
 The last line is one JSON object: img_per_s, encoder_only_img_per_s, ratio (best rounds),
 median_ratio, cpu_ratio (images per CPU-second of all threads, which other processes sharing the
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,8 +35,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout, uninstalled
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+def memory_mb() -> dict:
+    """This process's peak RSS, and its anonymous (heap, tensors) and file-backed (libraries) RSS now, in MB.
+
+    The peak is VmHWM, the high-water mark of this process's own address space. Not ru_maxrss: on
+    Linux exec keeps the parent's mark there, so a child of a parent that held the data file's
+    chunks would report the parent's peak (figures before this release had that floor).
+    """
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    kb = {key: int(status[key].split()[0]) for key in ("VmHWM", "RssAnon", "RssFile")}
+    return {"peak_rss_mb": round(kb["VmHWM"] / 1024, 1), "anon_rss_mb": round(kb["RssAnon"] / 1024, 1),
+            "file_rss_mb": round(kb["RssFile"] / 1024, 1)}
 
 
 def data_overrides(args, n: int) -> list[str]:
@@ -94,7 +106,7 @@ def child(args) -> dict:
     by 2x over seconds; alternating exposes both to the same drift). rss: one extraction."""
     warm_up(args)
     if args.child == "rss":
-        return {**extraction(args, args.n), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        return {**extraction(args, args.n), **memory_mb()}
     rounds = []
     for _ in range(args.rounds):
         rounds += [encoder_only(args, args.n), extraction(args, args.n)]
@@ -159,22 +171,22 @@ def main(argv: list[str] | None = None) -> dict:
                 sys.exit(f"{kind} run failed:\n{proc.stderr[-3000:]}")
             return json.loads(proc.stdout.strip().splitlines()[-1])
 
-        speed = run_child("throughput", args.throughput_images)
+        speed = run_child("throughput", args.throughput_images) if args.rounds > 0 else {"rounds": []}
         for r in speed["rounds"]:
             print(f"  {r['run']:>12}  n={r['n_images']:>7}  {r['img_per_s']:9.1f} img/s  "
                   f"{r['img_per_cpu_s']:8.1f} img/CPU-s", flush=True)
-        print(f"  best: extraction {speed['img_per_s']:.1f} img/s = {100 * speed['ratio']:.1f}% of the encoder "
-              f"alone ({speed['encoder_only_img_per_s']:.1f}); median per-round ratio {speed['median_ratio']:.3f}; "
-              f"CPU-time ratio {speed['cpu_ratio']:.3f}",
-              flush=True)
+        if speed["rounds"]:
+            print(f"  best: extraction {speed['img_per_s']:.1f} img/s = {100 * speed['ratio']:.1f}% of the encoder "
+                  f"alone ({speed['encoder_only_img_per_s']:.1f}); median per-round ratio "
+                  f"{speed['median_ratio']:.3f}; CPU-time ratio {speed['cpu_ratio']:.3f}", flush=True)
         memory = []
         for n in sizes:
             memory.append(run_child("rss", n))
-            print(f"  extract n={n:>7}: peak RSS {memory[-1]['peak_rss_mb']:8.1f} MB, "
+            print(f"  extract n={n:>7}: peak RSS {memory[-1]['peak_rss_mb']:8.1f} MB (at the end: anonymous "
+                  f"{memory[-1]['anon_rss_mb']} MB, file-backed {memory[-1]['file_rss_mb']} MB), "
                   f"{memory[-1]['img_per_s']:.1f} img/s", flush=True)
-    result = {"n_images": speed["n_images"], "img_per_s": speed["img_per_s"],
-              "encoder_only_img_per_s": speed["encoder_only_img_per_s"], "ratio": speed["ratio"],
-              "median_ratio": speed["median_ratio"], "cpu_ratio": speed["cpu_ratio"],
+    result = {**{key: speed.get(key) for key in ("n_images", "img_per_s", "encoder_only_img_per_s", "ratio",
+                                                 "median_ratio", "cpu_ratio")},
               "peak_rss_mb": memory[-1]["peak_rss_mb"],
               "peak_rss_by_n": {str(m["n_images"]): m["peak_rss_mb"] for m in memory},
               "rss_growth_mb": round(memory[-1]["peak_rss_mb"] - memory[0]["peak_rss_mb"], 1),

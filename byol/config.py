@@ -173,26 +173,17 @@ def _coerce(key: str, value, annotation):
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if hint in (int, float):     # "3" -> 3 and 3.0 -> 3 for integer keys; 3 -> 3.0 for numbers; never a bool
         if isinstance(value, str):
             try:
-                return int(value)
+                return hint(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                hint is float or isinstance(value, int) or value.is_integer()):
+            return hint(value)
+        raise ConfigError(f"config key '{key}': expected {'an integer' if hint is int else 'a number'}, "
+                          f"got {value!r}")
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

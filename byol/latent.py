@@ -1,51 +1,41 @@
-"""Latent vectors (the encoder's pooled features) of arbitrary images, for people and scripts.
+"""Latent vectors (the encoder's pooled features) of any images: `byol latent` and
+`latent_eval/generate_latent_out.py` (commands: its docstring). The same run as `byol.extract`
+(byol/embed_loop.py: `EncoderSource.embed`, eval mode, fp32, ImageNet normalisation at the
+checkpoint's image size, the same groups of --batch-size rows within each shard), other inputs and sinks.
 
-Entry point: `latent_eval/generate_latent_out.py` (see its docstring for commands). Inputs, in
-the order given (each kept in that order):
-
-  image file         any Pillow-readable file, whatever its extension (decoded as `byol.extract`
-                     decodes image folders: EXIF-upright, RGB, shorter side to the checkpoint's
-                     image size, centre crop)
-  folder             every image file below it (extensions of byol.data.image_folder.EXTENSIONS,
-                     hidden files ignored), sorted by relative path exactly as an image-folder
-                     extraction sorts them
-  LIST.txt           one path per line (blank lines and lines starting with # ignored); relative
-                     paths are relative to the list file's folder
-  split:NAME         a split of the dataset in the checkpoint's config (e.g. split:test); change
-                     data settings with --set data.root=... (as `byol.extract` overrides)
-
-Vectors are computed with `EncoderSource.embed` (eval mode, fp32, ImageNet normalisation at the
-checkpoint's image size) by extraction's own run (byol/embed_loop.py), i.e. exactly as `python -m
-byol.extract` computes them, in the same groups of --batch-size rows within each shard.
+Inputs, in the order given (each kept in its own order):
+  image file       any Pillow-readable file, whatever its extension, decoded as image-folder extraction
+                   decodes (EXIF-upright, RGB, shorter side to the checkpoint's image size, centre crop)
+  folder           every image file below it (extensions of byol.data.image_folder.EXTENSIONS, hidden
+                   files ignored), sorted by relative path exactly as an image-folder extraction sorts
+  LIST.txt         one path per line (blank lines and # lines ignored), relative to the list's folder
+  split:NAME       a split of the dataset in the checkpoint's config (split:test); change its data
+                   settings with --set data.root=... (as `byol.extract` overrides)
 
 Outputs (`--format`):
+  store (default)  OUT/ is one split directory of the feature store (byol/store/): OUT/shard-NNNNN.h5 +
+                   OUT/manifest.json. Row fields: embeddings; labels (-1 for files, the dataset label
+                   for split:); indices (the input's position among all inputs, skipped ones counted);
+                   paths (as given, folder files joined to the folder; `split:NAME/<relative path or
+                   row>`). With --head each shard also holds head_hidden [N, h] and head_probs [N, C]
+                   float32, head_pred [N] int64 and the attribute head_classes (JSON list: each probs
+                   column's original label); read them with h5py (`FeatureStore` ignores them).
+  npy              OUT.npy [n_written, dim] float32 + OUT.paths.txt (one path a line, row order); with
+                   --head also OUT.head_hidden.npy, OUT.head_probs.npy, OUT.head_pred.npy, OUT.head_classes.json.
+  csv              OUT.csv: columns path, label, f0..f{dim-1}; with --head also h0..h{h-1}, p_<class>
+                   per class and pred.
 
-  store (default)    OUT/ is one split directory of the feature store (byol/store/): shards
-                     OUT/shard-NNNNN.h5 + OUT/manifest.json. Row fields: embeddings, labels (-1
-                     for files, the dataset label for split: inputs), indices (the input's position
-                     among all inputs, skipped ones included), paths (the input path as given,
-                     folder files joined to the folder; `split:NAME/<relative path or row>`).
-                     With --head, each shard also holds `head_hidden` [N, h] float32,
-                     `head_probs` [N, C] float32 and `head_pred` [N] int64, and the attribute
-                     `head_classes` (JSON list: the original label of each probs column).
-                     Read them with h5py (`FeatureStore` ignores them).
-  npy                OUT.npy [n_written, dim] float32 + OUT.paths.txt (one path a line, row order);
-                     with --head also OUT.head_hidden.npy, OUT.head_probs.npy, OUT.head_pred.npy and
-                     OUT.head_classes.json.
-  csv                OUT.csv: columns path, label, f0..f{dim-1}; with --head also h0..h{h-1},
-                     p_<class> per class and pred. Written row by row.
-
-Inputs that cannot be decoded (zero-byte files, text named .jpg, truncated files, images over
-Pillow's decompression-bomb limit, missing files) are skipped and listed, with the reason, in the
-report OUT/skipped.json (store) or OUT.skipped.json (npy, csv); with --strict the command then
-exits 2 naming them (the outputs and the report are still written). Memory stays bounded: rows go
-to disk as they come; npy and csv files appear under their names once complete. A store stopped
-midway keeps its finished shards, and the same command again resumes from them, ending with the
-store an uninterrupted run writes. The summary (last stdout line) holds n_inputs, n_written,
-n_skipped, dim, out, format.
+Inputs that cannot be decoded (zero-byte files, text named .jpg, truncated files, images over Pillow's
+decompression-bomb limit, missing files) are skipped and listed with the reason in OUT/skipped.json
+(store) or OUT.skipped.json (npy, csv); --strict then exits 2 naming them (outputs and report still
+written). Memory stays bounded: rows go to disk as they come; npy and csv files appear under their
+names once complete. A store stopped midway keeps its finished shards, and the same command resumes
+from them to the store an uninterrupted run writes. The last stdout line is a JSON summary:
+n_inputs, n_written, n_skipped, dim, out, format, ...
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -55,6 +45,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from byol.atomic import atomic_write_text, file_sha256
+from byol.cli import (add_checkpoint_arguments, add_device_arguments, add_loader_arguments, add_override_arguments,
+                      add_overwrite_argument, add_progress_argument, check_overrides, looks_like_override,
+                      parse_arguments, run_command, usable_device)
+from byol.data import build_dataset
 from byol.data.batches import iter_batches
 from byol.data.image_folder import EXTENSIONS
 from byol.data.input_list import SPLIT_PREFIX, InputList, expand_inputs
@@ -62,6 +56,8 @@ from byol.distributed import DeviceError, resolve_device
 from byol.embed_loop import EmbedOptions, ShardGroups, data_settings, embed_rows
 from byol.encoders.source import load_source
 from byol.errors import ConfigError, DataError
+from byol.evaluate.head_file import load_head_for
+from byol.evaluate.heads import head_outputs
 from byol.latent_outputs import HEAD_FIELDS, CsvOut, NpyOut, StoreOut, out_base
 
 log = logging.getLogger("byol")
@@ -85,14 +81,12 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
         encoder.to(resolve_device(o.device))
     except DeviceError as e:
         raise e.for_setting("--device", "--device ") from None
-    head_model = None
-    if head is not None:
-        from byol.evaluate.head_file import load_head_for
-        head_model = load_head_for(head, encoder.dim, encoder.checkpoint_sha256)
+    head_model = load_head_for(head, encoder.dim, encoder.checkpoint_sha256) if head is not None else None
     items = expand_inputs(inputs)
-    splits = any(item.startswith(SPLIT_PREFIX) for item in items)
-    dataset = InputList([(item, _split(cfg, item[len(SPLIT_PREFIX):], encoder.image_size))
+    splits = [item[len(SPLIT_PREFIX):] for item in items if item.startswith(SPLIT_PREFIX)]
+    dataset = InputList([(item, build_dataset(cfg.data, encoder.image_size, item[len(SPLIT_PREFIX):]))
                          if item.startswith(SPLIT_PREFIX) else item for item in items], encoder.image_size)
+    cfg.data.split = splits[-1] if splits else cfg.data.split     # the saved config names the split embedded
     if len(dataset) == 0:
         raise DataError(f"no images found in --input {' '.join(map(str, inputs))} (folders are searched for "
                         f"{' '.join(EXTENSIONS)} files)")
@@ -102,11 +96,8 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
     settings.update(inputs=attrs["inputs"], head_sha256=file_sha256(head) if head else None,   # what a resumed
                     input_list_sha256=hashlib.sha256("\n".join(items).encode()).hexdigest(),  # run must match
                     data=data_settings(cfg.data) if splits else None)
-    head_dims = None if head_model is None else (head_model.hidden_width, head_model.n_classes,
-                                                 head_model.classes.tolist())
-    sink = (StoreOut(base, encoder.dim, attrs, settings, o.rows_per_shard, n, head_dims, o.overwrite)
-            if fmt == "store" else NpyOut(base, n, encoder.dim, head_dims, o.overwrite) if fmt == "npy"
-            else CsvOut(base, encoder.dim, head_dims, o.overwrite))
+    sink = (StoreOut(base, encoder.dim, attrs, settings, o.rows_per_shard, dataset, head_model, o.overwrite)
+            if fmt == "store" else (NpyOut if fmt == "npy" else CsvOut)(base, encoder.dim, head_model, o.overwrite))
     written, skipped = _run(encoder, head_model, dataset, sink, o)
     report = base / "skipped.json" if fmt == "store" else Path(f"{base}.skipped.json")
     atomic_write_text(report, json.dumps({"n_skipped": len(skipped), "skipped": skipped}, indent=2))
@@ -116,24 +107,13 @@ def generate(checkpoint, inputs: list[str], out, fmt: str = "store", head: str |
                         f"(reasons in {report})")
     return {"n_inputs": n, "n_written": written, "n_skipped": len(skipped), "dim": encoder.dim, "out": str(base),
             "format": fmt, "outputs": sink.outputs, "skipped_report": str(report), "encoder": encoder.name,
-            "head": str(head) if head else None, "head_hidden_dim": head_dims[0] if head_dims else None,
+            "head": str(head) if head else None, "head_hidden_dim": head_model.hidden_width if head_model else None,
             "device": str(encoder.device)}
-
-
-def _split(cfg, name: str, image_size: int):
-    from byol.data import build_dataset
-    cfg.data.split = name
-    return build_dataset(cfg.data, image_size, name)
 
 
 def _run(encoder, head_model, dataset: InputList, sink, o: EmbedOptions) -> tuple[int, list[dict]]:
     """Embed into `sink` the inputs it does not hold yet: (rows written in all, inputs skipped in all)."""
-    from byol.evaluate.heads import head_outputs
-    try:
-        start, written, skipped = sink.resume(dataset)    # after a stopped store's finished shards; npy, csv: 0
-    except BaseException:
-        sink.abort()
-        raise
+    start, written, skipped = sink.start, [sink.kept_rows], list(sink.skipped)   # a stopped store's; npy, csv: 0
     read = [start]
 
     def embed(images):
@@ -159,10 +139,8 @@ def _run(encoder, head_model, dataset: InputList, sink, o: EmbedOptions) -> tupl
 
 
 def build_parser(doc: str | None = None, prog: str = "python latent_eval/generate_latent_out.py"):
-    import argparse
-    from byol.cli import (add_checkpoint_arguments, add_device_arguments, add_loader_arguments, add_override_arguments,
-                          add_overwrite_argument, add_progress_argument)
-    parser = argparse.ArgumentParser(prog=prog, description=doc or __doc__,
+    """The flags; --help shows `doc` (the entry point's commands), then this module's reference."""
+    parser = argparse.ArgumentParser(prog=prog, description=f"{doc}\n{__doc__}" if doc else __doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
                         help="encoder.pt, checkpoints/*.pt, a torchvision ResNet or an imported layout")
@@ -185,7 +163,6 @@ def build_parser(doc: str | None = None, prog: str = "python latent_eval/generat
 
 
 def main(argv=None, doc: str | None = None, prog: str = "python latent_eval/generate_latent_out.py") -> None:
-    from byol.cli import check_overrides, looks_like_override, parse_arguments, run_command, usable_device
     args = parse_arguments(build_parser(doc, prog), argv)
 
     def run() -> dict:

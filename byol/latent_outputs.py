@@ -1,14 +1,10 @@
 """Where latent vectors go (`--format`; layouts: byol/latent.py), as sinks of extraction's core
-(byol/embed_loop.py): the store, through byol.store's ShardSink, resumable; a .npy; a .csv. npy
-and csv files are written under temp names as rows come and renamed into place once complete
-(byol/atomic.py): a run that fails or is stopped leaves nothing under their names.
-"""
+(byol/embed_loop.py): the store (byol.store's ShardSink, resumable), a .npy or a .csv (streamed)."""
 from __future__ import annotations
 
 import contextlib
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +19,9 @@ HEAD_FIELDS = ("head_hidden", "head_probs", "head_pred")
 NPY_FILES = ("npy", "paths.txt", "head_classes.json", *(f"{name}.npy" for name in HEAD_FIELDS))
 
 
-def head_datasets(head_dims) -> dict:
+def head_datasets(head) -> dict:
     """{field: (width, dtype)} of a head's outputs: hidden [N, h], probs [N, C] float32, pred [N] int64."""
-    hidden, n_classes, _ = head_dims
-    return dict(zip(HEAD_FIELDS, ((hidden, np.float32), (n_classes, np.float32), (None, np.int64))))
+    return dict(zip(HEAD_FIELDS, ((head.hidden_width, np.float32), (head.n_classes, np.float32), (None, np.int64))))
 
 
 def out_base(out: Path, fmt: str) -> Path:
@@ -41,37 +36,30 @@ def _refuse_existing(out: Path, found: list[Path], overwrite: bool) -> None:
 
 class StoreOut:
     """The store. A run stopped midway left finished shards (no manifest): a rerun with the same
-    settings keeps them (`kept`) and goes on after their inputs (`resume`); a complete store is
-    refused unless `overwrite`."""
+    settings keeps them (`kept`, `kept_rows`) and starts at the input after theirs (`start`; the
+    inputs skipped before it are read again for their reasons); a complete store is refused unless
+    `overwrite`."""
 
-    def __init__(self, out: Path, dim: int, attrs: dict, settings: dict, rows_per_shard: int, n_inputs: int,
-                 head_dims=None, overwrite: bool = False):
+    def __init__(self, out: Path, dim: int, attrs: dict, settings: dict, rows_per_shard: int, inputs,
+                 head=None, overwrite: bool = False):
         self.out, self.dim, self.attrs, self.settings, self.outputs = out, dim, attrs, settings, [str(out)]
-        self.lock = contextlib.ExitStack()     # held until finish()/abort(): one writer per store
-        self.lock.enter_context(exclusive_writer(out, "latent-vector run"))
-        try:
+        with contextlib.ExitStack() as held:    # one writer per store: released on error, else by finish()/abort()
+            held.enter_context(exclusive_writer(out, "latent-vector run"))
             _refuse_existing(out, [p for p in [out / MANIFEST] if p.is_file()], overwrite)
-            prepare_split_dir(out, settings, shard_count(n_inputs, rows_per_shard), overwrite)
-            self.kept, self.indices = keep_leading_shards(out, rows_per_shard, dim, "float32")
-        except BaseException:
-            self.lock.close()
-            raise
-        extra = head_datasets(head_dims) if head_dims is not None else None
-        shard_attrs = attrs if head_dims is None else dict(attrs, head_classes=[int(c) for c in head_dims[2]])
+            prepare_split_dir(out, settings, shard_count(len(inputs), rows_per_shard), overwrite)
+            self.kept, indices = keep_leading_shards(out, rows_per_shard, dim, "float32")
+            self.start, self.kept_rows = int(indices[-1]) + 1 if len(indices) else 0, len(indices)
+            missing = np.setdiff1d(np.arange(self.start), indices)
+            self.skipped = [s for i in missing.tolist() for s in inputs.read_rows(i, i + 1).skipped]
+            if len(self.skipped) < len(missing):
+                raise StoreError(f"an input skipped by the stopped run at '{out}' is readable now: the inputs "
+                                 f"changed; pass --overwrite to start again")
+            self.lock = held.pop_all()
+        extra = head_datasets(head) if head is not None else None
+        shard_attrs = attrs if head is None else dict(attrs, head_classes=head.classes.tolist())
         self.writer_args = dict(dim=dim, with_paths=True, attrs=shard_attrs, settings=settings, extra=extra)
         self.sink = ShardSink(out, dim, "float32", True, shard_attrs, settings, extra=extra)
         self.put = self.sink.put
-
-    def resume(self, inputs) -> tuple[int, list[int], list[dict]]:
-        """(the first input after the kept shards', [rows kept], the inputs skipped before it, read
-        again for their reasons)."""
-        start = int(self.indices[-1]) + 1 if len(self.indices) else 0
-        missing = np.setdiff1d(np.arange(start), self.indices)
-        skipped = [s for i in missing.tolist() for s in inputs.read_rows(i, i + 1).skipped]
-        if len(skipped) < len(missing):
-            raise StoreError(f"an input skipped by the stopped run at '{self.out}' is readable now: the inputs "
-                             f"changed; pass --overwrite to start again")
-        return start, [len(self.indices)], skipped
 
     def kept_message(self) -> str:
         return (f"{len(self.kept) + len(self.sink.entries)} finished shards are kept in {self.out} (no manifest): "
@@ -94,8 +82,9 @@ class StoreOut:
 
 class _Streamed:
     """npy, csv: files written over the run under temp names, renamed into place by finish(), dropped
-    by abort(). An earlier output (any of `names`) is refused unless `overwrite`, which deletes it."""
-    kept: dict = {}
+    by abort() (byol/atomic.py): a run that fails or is stopped leaves nothing under their names. An
+    earlier output (any of `names`) is refused unless `overwrite`, which deletes it."""
+    kept, kept_rows, start, skipped = {}, 0, 0, ()
 
     def __init__(self, out: Path, names: tuple, overwrite: bool):
         self.out, self.files = out, {}
@@ -109,9 +98,6 @@ class _Streamed:
         self.files[pending] = open(pending.tmp, "wb") if binary else open(pending.tmp, "w", encoding="utf-8",
                                                                           newline="")
         return self.files[pending]
-
-    def resume(self, inputs) -> tuple[int, list[int], list[dict]]:
-        return 0, [], []
 
     def kept_message(self) -> str:
         return "the partial output was removed (rerun the same command)"
@@ -129,20 +115,17 @@ class _Streamed:
 
 
 class _NpyRows:
-    """An .npy whose rows are appended as they come, behind a header sized for `max_rows` (so memory
-    stays bounded), rewritten with the rows written by close()."""
+    """An .npy whose rows are appended as they come (memory stays bounded); close() writes their
+    count into the header, in place: numpy pads the header so that the first axis can grow."""
 
-    def __init__(self, file, shape: tuple, dtype, max_rows: int):
-        self.file, self.shape, self.dtype, self.rows, self.size = file, shape, np.dtype(dtype), 0, 0
-        self.size = len(self.header(max_rows))
-        file.write(self.header(0))
+    def __init__(self, file, shape: tuple, dtype):
+        self.file, self.shape, self.dtype, self.rows = file, shape, np.dtype(dtype), 0
+        self.header_size = self.write_header()
 
-    def header(self, rows: int) -> bytes:
-        """Format 1.0, padded with spaces to `size` bytes, and at least to a 64-byte boundary."""
-        text = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                     "shape": (rows, *self.shape)})
-        size = max(self.size, math.ceil((len(text) + 11) / 64) * 64)
-        return b"\x93NUMPY\x01\x00" + (size - 10).to_bytes(2, "little") + (text.ljust(size - 11) + "\n").encode()
+    def write_header(self) -> int:
+        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                         "fortran_order": False, "shape": (self.rows, *self.shape)})
+        return self.file.tell()
 
     def write(self, values) -> None:
         self.file.write(np.ascontiguousarray(values, self.dtype).tobytes())
@@ -150,19 +133,20 @@ class _NpyRows:
 
     def close(self) -> None:
         self.file.seek(0)
-        self.file.write(self.header(self.rows))
+        if self.write_header() != self.header_size:    # a numpy without that padding: the rows would shift
+            raise StoreError(f"the .npy header of {self.file.name} changed size; upgrade numpy")
 
 
 class NpyOut(_Streamed):
-    def __init__(self, out: Path, rows: int, dim: int, head_dims=None, overwrite: bool = False):
+    def __init__(self, out: Path, dim: int, head=None, overwrite: bool = False):
         super().__init__(out, NPY_FILES, overwrite)
-        self.head_dims = head_dims
-        self.arrays = [_NpyRows(self.stream("npy", binary=True), (dim,), np.float32, rows)]
+        self.head = head
+        self.arrays = [_NpyRows(self.stream("npy", binary=True), (dim,), np.float32)]
         self.paths = self.stream("paths.txt")
-        for name, (width, dtype) in head_datasets(head_dims).items() if head_dims is not None else ():
+        for name, (width, dtype) in head_datasets(head).items() if head is not None else ():
             self.arrays.append(_NpyRows(self.stream(f"{name}.npy", binary=True), () if width is None else (width,),
-                                        dtype, rows))
-        self.outputs = [str(p.path) for p in self.files] + ([f"{out}.head_classes.json"] if head_dims else [])
+                                        dtype))
+        self.outputs = [str(p.path) for p in self.files] + ([f"{out}.head_classes.json"] if head else [])
 
     def put(self, shard, rows, labels, indices, paths, last, extra=None) -> None:
         for array, values in zip(self.arrays, [rows, *(extra[name] for name in HEAD_FIELDS if extra is not None)]):
@@ -173,19 +157,18 @@ class NpyOut(_Streamed):
         for array in self.arrays:
             array.close()
         super().finish()
-        if self.head_dims is not None:
-            atomic_write_text(f"{self.out}.head_classes.json", json.dumps([int(c) for c in self.head_dims[2]]))
+        if self.head is not None:
+            atomic_write_text(f"{self.out}.head_classes.json", json.dumps(self.head.classes.tolist()))
         return {}
 
 
 class CsvOut(_Streamed):
-    def __init__(self, out: Path, dim: int, head_dims=None, overwrite: bool = False):
+    def __init__(self, out: Path, dim: int, head=None, overwrite: bool = False):
         super().__init__(out, ("csv",), overwrite)
         self.csv, self.outputs = csv.writer(self.stream("csv")), [f"{out}.csv"]
         header = ["path", "label"] + [f"f{i}" for i in range(dim)]
-        if head_dims is not None:
-            hidden, _, classes = head_dims
-            header += [f"h{i}" for i in range(hidden)] + [f"p_{int(c)}" for c in classes] + ["pred"]
+        if head is not None:
+            header += [f"h{i}" for i in range(head.hidden_width)] + [f"p_{c}" for c in head.classes.tolist()] + ["pred"]
         self.csv.writerow(header)
 
     def put(self, shard, rows, labels, indices, paths, last, extra=None) -> None:

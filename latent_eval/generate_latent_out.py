@@ -8,18 +8,12 @@
     python latent_eval/generate_latent_out.py --checkpoint runs/byol/encoder.pt --input photos/ \\
            --out latents/ --head features/heads/mlp.safetensors --strict
 
-Inputs: image files (any extension), folders (recursive, image extensions), .txt lists (one path
-a line, relative to the list's folder), split:NAME (the checkpoint's dataset; change its data
-settings with section.key=value arguments, e.g. data.root=/data, or --set data.root=/data).
---format store (default): OUT/ is a feature-store split (shards + manifest.json, `paths` per row),
-the same shard format as `python -m byol.extract`; npy: OUT.npy + OUT.paths.txt; csv: OUT.csv.
---head HEAD adds the head's hidden layer, class probabilities and predicted class (store: shard
-datasets head_hidden/head_probs/head_pred; npy: OUT.head_*.npy; csv: h*, p_<class>, pred columns).
-Unreadable inputs are skipped and listed in OUT/skipped.json (store) or OUT.skipped.json; --strict
-exits 2 naming them. A store stopped midway (Ctrl-C, SIGTERM) resumes: run the same command again.
-Checkpoints load with weights_only=True; --trust-checkpoint allows pickle code.
-The last stdout line is a JSON summary: n_inputs, n_written, n_skipped, dim, out, format, ...
-Full reference: byol/latent.py.
+    byol latent --checkpoint runs/byol/encoder.pt --input photos/ --out latents/      # installed: the same
+
+Inputs: images, folders, .txt lists, split:NAME. Outputs (--format): store (default; shards like
+`python -m byol.extract`), npy or csv; --head adds a trained head's outputs. Checkpoints load with
+weights_only=True (--trust-checkpoint allows pickle code). A stopped store resumes: run the same
+command again. The full reference follows in --help (byol/latent.py's docstring).
 """
 import sys
 from pathlib import Path

@@ -61,8 +61,10 @@ def write_stl10_binary(root, n_train: int = 20, n_test: int = 10, n_unlabeled: i
     folder = Path(root) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     for part, n in (("train", n_train), ("test", n_test), ("unlabeled", n_unlabeled)):
-        images = rng.integers(0, 256, (n, 3, SIDE, SIDE), dtype=np.uint8)   # CHW
-        images.transpose(0, 1, 3, 2).tofile(folder / f"{part}_X.bin")
+        with open(folder / f"{part}_X.bin", "wb") as f:    # 4,096 images at a time: 200k fit in memory too
+            for start in range(0, n, 4096):
+                images = rng.integers(0, 256, (min(4096, n - start), 3, SIDE, SIDE), dtype=np.uint8)   # CHW
+                f.write(np.ascontiguousarray(images.transpose(0, 1, 3, 2)).tobytes())
         if part != "unlabeled":
             rng.integers(1, 11, n, dtype=np.uint8).tofile(folder / f"{part}_y.bin")
     fold_size = max(1, n_train // 5)
