@@ -175,6 +175,21 @@ def test_split_input_equals_extract(encoder_pt, tmp_path):
     assert (tmp_path / "lat.paths.txt").read_text().splitlines()[:2] == ["split:test/0", "split:test/1"]
 
 
+def test_npy_header_that_would_change_size_fails_and_leaves_no_file(encoder_pt, odd_folder, tmp_path, monkeypatch):
+    """The row count goes into the .npy header in place at the end, which relies on numpy padding the
+    header for it. A header whose size followed the count (a numpy without that padding) would shift
+    every row: the run must fail and leave nothing under the output's names."""
+    real = np.lib.format.write_array_header_1_0
+
+    def unpadded(fp, d):      # a count of rows makes the header 64 bytes longer than the empty one
+        real(fp, d)
+        fp.write(b" " * 64 if d["shape"][0] else b"")
+    monkeypatch.setattr(np.lib.format, "write_array_header_1_0", unpadded)
+    with pytest.raises(StoreError, match="header"):
+        generate(encoder_pt, [str(odd_folder / GOOD[0])], tmp_path / "v", fmt="npy", progress=False)
+    assert not list(tmp_path.iterdir())     # no .npy, .paths.txt, temp file or report
+
+
 def test_cli_strict_names_bad_files_and_summary_line(encoder_pt, odd_folder, tmp_path, capsys):
     code, out, err = run_main(latent_main, ["--checkpoint", encoder_pt, "--input", odd_folder / GOOD[0],
                               odd_folder / "zero.jpg", "--out", tmp_path / "o", "--format", "csv", "--no-progress"],
