@@ -39,8 +39,8 @@ def memory_mb() -> dict:
     """This process's peak RSS, and its anonymous (heap, tensors) and file-backed (libraries) RSS now, in MB.
 
     The peak is VmHWM, the high-water mark of this process's own address space. Not ru_maxrss: on
-    Linux exec keeps the parent's mark there, so a child of a parent that held the data file's
-    chunks would report the parent's peak (figures before this release had that floor).
+    Linux exec keeps the parent's mark there, so a child reports the parent's peak when its own is
+    lower (the parent writes the data file: a 16 px run read 1,007 MB for 2,000 and 20,000 rows alike).
     """
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     kb = {key: int(status[key].split()[0]) for key in ("VmHWM", "RssAnon", "RssFile")}
