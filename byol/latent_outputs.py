@@ -57,7 +57,6 @@ class StoreOut:
             self.lock = held.pop_all()
         extra = head_datasets(head) if head is not None else None
         shard_attrs = attrs if head is None else dict(attrs, head_classes=head.classes.tolist())
-        self.writer_args = dict(dim=dim, with_paths=True, attrs=shard_attrs, settings=settings, extra=extra)
         self.sink = ShardSink(out, dim, "float32", True, shard_attrs, settings, extra=extra)
         self.put = self.sink.put
 
@@ -68,7 +67,7 @@ class StoreOut:
     def finish(self) -> dict:
         entries = {**self.kept, **self.sink.finish()}
         if not entries:   # no readable input: still a valid (empty) store
-            with ShardWriter(self.out, 0, **self.writer_args) as writer:
+            with ShardWriter(index=0, **self.sink.writer_args) as writer:
                 pass
             entries[0] = writer.entry
         write_manifest(self.out, list(entries.values()), self.dim, "float32", self.settings, self.attrs)

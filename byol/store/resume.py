@@ -170,8 +170,9 @@ def keep_leading_shards(split_dir: str | Path, rows_per_shard: int, dim: int,
             break
         kept[len(kept)] = {"name": path.name, "rows": rows_per_shard, "sha256": file_sha256(path)}
         indices.append(idx.astype(np.int64))
+    names = {entry["name"] for entry in kept.values()}
     for path in split_dir.glob("shard-*.h5"):
-        if path.name not in {entry["name"] for entry in kept.values()}:
+        if path.name not in names:
             log.warning("%s is not a finished shard this run can keep; writing it again", path)
             path.unlink()
     return kept, np.concatenate(indices)
