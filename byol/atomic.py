@@ -102,10 +102,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     pending.commit()
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` whole under `path`, or leave the old file. Libraries that fail a write with their own
+    error instead of an OSError (safetensors' writer raises SafetensorError on a full disk) serialize
+    to bytes and write through here, so a full disk is one WriteError naming `path`."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
     return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:

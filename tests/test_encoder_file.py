@@ -2,6 +2,7 @@
 encoder.safetensors; the wrapped encoder.pt of before the first release is refused with one clear error
 everywhere; a small stem fails loudly in a plain resnet18 (CPU, seconds)."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -72,6 +73,12 @@ def test_encoder_json_records_the_metadata_and_the_weights_digests(run_dir):
         weights = run_dir / f"encoder.{suffix}"
         entry = meta["weights"][suffix]
         assert entry == {"file": weights.name, "sha256": file_sha256(weights), "bytes": weights.stat().st_size}
+    # the files' mode is the one the umask gives, so whoever reads the run folder reads them
+    # (safetensors' own writer made its file 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(run_dir / f"encoder.{s}").stat().st_mode & 0o777 for s in ("pt", "safetensors", "json")} \
+        == {0o666 & ~umask}
     # the json is written last (after both weight files it describes)
     assert (run_dir / "encoder.json").stat().st_mtime_ns >= (run_dir / "encoder.safetensors").stat().st_mtime_ns \
         >= (run_dir / "encoder.pt").stat().st_mtime_ns

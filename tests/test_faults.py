@@ -26,10 +26,13 @@ import h5py
 import pytest
 import torch
 
+import byol.atomic as atomic_module
 import byol.pretrain.checkpoint as ckpt_module
 from byol.atomic import file_sha256
 from byol.config import load_config
 from byol.errors import StoreError, WriteError
+from byol.evaluate.head_file import head_record, save_head
+from byol.evaluate.heads import build_head
 from byol.extract import extract
 from byol.store import FeatureStore
 from byol.pretrain.checkpoint import resume_config
@@ -264,6 +267,32 @@ def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path,
     assert sha(last) == before and not list(last.parent.glob(".*tmp*"))
     monkeypatch.undo()
     assert train(resume_config(tmp_path / "run", ["trainer.max_steps=4"]), resume=tmp_path / "run")["steps"] == 4
+
+
+def temp_files_on_a_full_disk(monkeypatch, suffix: str) -> None:
+    """Files ending in `suffix` are written to /dev/full: every write fails with a real ENOSPC."""
+    real_temp_path = atomic_module.temp_path
+
+    def temp_path(path):
+        tmp = real_temp_path(path)
+        if Path(path).suffix == suffix:
+            tmp.symlink_to("/dev/full")
+        return tmp
+    monkeypatch.setattr(atomic_module, "temp_path", temp_path)
+
+
+def test_safetensors_writes_on_a_full_disk_are_one_clear_error(tmp_path, monkeypatch):
+    """safetensors' own writer reports a full disk as SafetensorError, not OSError; the encoder export
+    and the head file must still fail with the WriteError that names the file and leave nothing."""
+    temp_files_on_a_full_disk(monkeypatch, ".safetensors")
+    run = tmp_path / "run"
+    with pytest.raises(WriteError, match=r"could not write '.*encoder-start\.safetensors': No space left on device"):
+        train(load_config(None, TINY + [f"trainer.run_dir={run}", "trainer.max_steps=1"]))
+    assert not (run / "encoder-start.safetensors").exists() and not (run / "encoder-start.json").exists()
+    head = build_head("mlp", 6, 3, hidden=(4,))
+    with pytest.raises(WriteError, match=r"could not write '.*head\.safetensors': No space left on device"):
+        save_head(tmp_path / "head.safetensors", head_record(head, "mlp", {}, {}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not list(run.glob(".*tmp*"))
 
 
 def test_file_size_limit_from_the_os_is_one_clear_line_and_keeps_the_checkpoint(trained_run_copy):

@@ -2,6 +2,7 @@
 the head file round-trips, loads into torch, and bad files give one clear error; evaluation with
 heads never imports torch."""
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -118,6 +119,9 @@ def test_head_file_round_trip_and_torch_reads_it(separable, tmp_path):
     scaler = fit_standardizer(data.train, data.train_mask)
     model, _ = fit_selected(data, replace(FAST, epochs=3, dropout=0.2), "mlp", mean=scaler.mean, std=scaler.scale)
     path = save_head(tmp_path / "h.safetensors", head_record(model, "mlp", data.train.attrs, {"top1": 1.0}))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask        # safetensors' own writer made it 0600
     with safe_open(str(path), framework="np") as f:
         header = f.metadata()
     meta = json.loads(header["head"])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.atomic import atomic_path
+from byol.atomic import atomic_write_bytes
 from byol.errors import CheckpointError, ConfigError
 from byol.evaluate.heads import Head, build_head
 from byol.store.format import to_json
@@ -48,12 +48,10 @@ def head_record(head: Head, kind: str, store_attrs: dict, metrics: dict) -> dict
 
 def save_head(path: str | Path, record: dict) -> Path:
     """Write atomically (temp file + fsync + rename): the old file, if any, stays until the new one is whole."""
-    from safetensors.numpy import save_file
+    import safetensors.numpy
 
-    with atomic_path(path) as tmp:
-        save_file(record["tensors"], str(tmp),
-                  metadata={"format": FORMAT, "version": str(VERSION), "head": to_json(record["meta"])})
-    return Path(path)
+    return atomic_write_bytes(path, safetensors.numpy.save(
+        record["tensors"], metadata={"format": FORMAT, "version": str(VERSION), "head": to_json(record["meta"])}))
 
 
 def load_head(path: str | Path) -> tuple[Head, dict]:

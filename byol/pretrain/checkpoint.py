@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING
 
 import torch
 import torchvision
-from safetensors.torch import save_file
+import safetensors.torch
 
 from byol import __version__
-from byol.atomic import atomic_path, atomic_write_text, file_sha256
+from byol.atomic import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
 from byol.config import Config, load_config, small_stem_for, to_dict
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol.encoders.files import ENCODER_FORMAT, load_file, metadata_path
@@ -121,9 +121,9 @@ def export_encoder(cfg: Config, online: OnlineNetwork, step: int, path: Path) ->
     state = {k: v.detach().cpu().contiguous() for k, v in online.encoder.state_dict().items()}
     atomic_save(state, path)
     tensors_path = path.with_suffix(".safetensors")
-    with atomic_path(tensors_path) as tmp:
-        save_file(state, str(tmp), metadata={"format": ENCODER_FORMAT, "network": cfg.network.name,
-                                             "small_stem": str(small_stem_for(cfg)).lower(), "step": str(step)})
+    atomic_write_bytes(tensors_path, safetensors.torch.save(state, metadata={
+        "format": ENCODER_FORMAT, "network": cfg.network.name, "small_stem": str(small_stem_for(cfg)).lower(),
+        "step": str(step)}))
     weights = {p.suffix.lstrip("."): {"file": p.name, "sha256": file_sha256(p), "bytes": p.stat().st_size}
                for p in (path, tensors_path)}
     meta = {"format": ENCODER_FORMAT, "version": 2, "network": cfg.network.name, "small_stem": small_stem_for(cfg),
