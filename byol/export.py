@@ -17,6 +17,7 @@ the file; without them `--format onnx` stops with a one-line error saying what t
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from byol.atomic import atomic_path, atomic_write_text
+from byol.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from byol.encoders.source import load_source
 from byol.errors import ConfigError, ExportError
 
@@ -43,7 +44,11 @@ def export_torchscript(module: torch.nn.Module, example: torch.Tensor, out: Path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # torch.jit is deprecated in recent releases but still works
         traced = torch.jit.trace(module, example, check_trace=False)
-        traced.save(str(out))
+        # Saved to memory, then written by Python: when the disk refuses a write (ENOSPC, EFBIG), torch's
+        # own file writer aborts the process (SIGABRT, a C++ stack dump, the temp file left behind).
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        atomic_write_bytes(out, buffer.getvalue())
         loaded = torch.jit.load(str(out), map_location="cpu")
 
     def run(x: torch.Tensor) -> np.ndarray:
@@ -63,13 +68,14 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, out: Path, opset
         raise ConfigError(f"--format onnx needs the packages {', '.join(missing)} "
                           f"(pip install {' '.join(missing)}); --format torchscript needs nothing more")
     import onnxruntime as ort
-    try:
-        torch.onnx.export(module, (example,), str(out), input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                          opset_version=opset, dynamo=True, external_data=False, verbose=False)
-    except TypeError:   # an older exporter without the `dynamo` / `external_data` arguments
-        torch.onnx.export(module, (example,), str(out), input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, opset_version=opset)
+    with atomic_path(out) as tmp:      # the ONNX writer is Python's: a refused write is an OSError
+        try:
+            torch.onnx.export(module, (example,), str(tmp), input_names=["images"], output_names=["features"],
+                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                              opset_version=opset, dynamo=True, external_data=False, verbose=False)
+        except TypeError:   # an older exporter without the `dynamo` / `external_data` arguments
+            torch.onnx.export(module, (example,), str(tmp), input_names=["images"], output_names=["features"],
+                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, opset_version=opset)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
@@ -88,8 +94,7 @@ def export(checkpoint, fmt: str, out, trust_checkpoint: bool = False, tolerance:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = _check_inputs(size, 1, seed=1)
-    with atomic_path(out) as tmp:      # the exporters write the file whole or not at all
-        run = (export_torchscript if fmt == "torchscript" else export_onnx)(module, example, tmp)
+    run = (export_torchscript if fmt == "torchscript" else export_onnx)(module, example, out)   # whole or not at all
     x = _check_inputs(size, batch)
     with torch.no_grad():
         expected = module(x).numpy()
