@@ -13,7 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from testkit import run_cli
+from testkit import REPO, run_main
 
 PER_CLASS = 16
 
@@ -32,14 +32,14 @@ def write_folder(root: Path) -> Path:
     return root / "images"
 
 
-def run_check(data: Path, workdir: Path, *flags: str) -> dict:
-    cmd = ["benchmarks/learning_check.py", "--data", str(data),
-           "--workdir", str(workdir), "--minutes", "0.01", "--batch-size", "8", *flags,
-           "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
-           "trainer.progress=false"]
-    done = run_cli(*cmd, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.last_json
+def run_check(capsys, data: Path, workdir: Path, *flags: str) -> dict:
+    """The script run as __main__ in this process (a subprocess would spend seconds importing torch)."""
+    argv = ["--data", data, "--workdir", workdir, "--minutes", "0.01", "--batch-size", "8", *flags,
+            "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
+            "trainer.progress=false"]
+    code, out, err = run_main(REPO / "benchmarks" / "learning_check.py", argv, capsys)
+    assert code == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def folder(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("learning_check"))
 
 
-def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path):
-    out = run_check(folder, tmp_path / "work")
+def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path, capsys):
+    out = run_check(capsys, folder, tmp_path / "work")
     rows = ("linear", "knn", "random_init_linear", "random_init_knn", "pixels16_pca_logreg", "pixels16_pca_knn",
             "pixels32_pca_logreg", "pixels32_pca_knn")
     for row in rows:
@@ -89,7 +89,7 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path):
     resnet.load_state_dict(init)
 
     # a second row with a fixed step count and a probe subset reuses the baselines' stores
-    again = run_check(folder, tmp_path / "work", "--steps", "2", "--eval-subset", "8", "--run-name", "row2")
+    again = run_check(capsys, folder, tmp_path / "work", "--steps", "2", "--eval-subset", "8", "--run-name", "row2")
     assert again["steps"] == 2 and again["eval_images"] == {"train": 16, "test": 8}
     assert again["time_budget"] is None                      # --steps: no time budget
     assert out["time_budget"]["max_time"] == "0.6s" and out["time_budget"]["steps"] == out["steps"]
@@ -97,15 +97,15 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path):
     assert len(starts) == 1            # same network and seed: the same starting weights, one set of stores
 
 
-def test_learning_check_skips_the_rows_it_is_told_to(folder, tmp_path):
-    out = run_check(folder, tmp_path / "work", "--no-pixel-baselines", "--no-random-init-baseline")
+def test_learning_check_skips_the_rows_it_is_told_to(folder, tmp_path, capsys):
+    out = run_check(capsys, folder, tmp_path / "work", "--no-pixel-baselines", "--no-random-init-baseline")
     assert {"linear_top1", "knn_top1"} <= out.keys()
     assert not any(k.startswith(("pixels", "random_init_", "margin", "best_pixel")) or k == "target_met"
                    for k in out)
     assert not (tmp_path / "work" / "baselines").exists()
     # someone else's encoder file (byol-pytorch's, saved by peer_learning.py --save) gets the same probes:
     # this run's own encoder, scored that way, gives this run's figures
-    scored = run_check(folder, tmp_path / "work", "--no-pixel-baselines", "--run-name", "scored",
+    scored = run_check(capsys, folder, tmp_path / "work", "--no-pixel-baselines", "--run-name", "scored",
                        "--encoder", str(tmp_path / "work" / "runs" / "run" / "encoder.pt"))
     assert {k: scored[k] for k in ("linear_top1", "knn_top1", "logreg_top1")} == \
         {k: out[k] for k in ("linear_top1", "knn_top1", "logreg_top1")}

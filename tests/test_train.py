@@ -15,7 +15,7 @@ from byol.errors import Interrupted
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
 
-from testkit import TINY, run_cli, write_stl10_binary
+from testkit import REPO, TINY, run_cli, run_main, write_stl10_binary
 
 
 def tiny_config(tmp_path, *extra):
@@ -123,14 +123,14 @@ def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
         train(tiny_config(tmp_path, "trainer.batch_size=200"))
 
 
-def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
-    out = run_cli("main.py", "trainer.bach_size=3")
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path, capsys):
+    out = run_cli("main.py", "trainer.bach_size=3")     # once as a real process, then in-process (faster)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "error: unknown config key 'trainer.bach_size'" in out.stderr
-    out = run_cli("main.py", "data.root=" + str(tmp_path / "nowhere"), "data.download=false")
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "nowhere" in out.stderr
-    out = run_cli("main.py", "--resume", str(tmp_path / "no-run"))
-    assert out.returncode == 2 and "no checkpoint" in out.stderr
+    code, _, err = run_main(REPO / "main.py", ["data.root=" + str(tmp_path / "nowhere"), "data.download=false"], capsys)
+    assert code == 2 and "Traceback" not in err and "nowhere" in err
+    code, _, err = run_main(REPO / "main.py", ["--resume", str(tmp_path / "no-run")], capsys)
+    assert code == 2 and "no checkpoint" in err
 
 
 def test_torchrun_two_cpu_processes_agree_and_resume(tmp_path):
