@@ -233,9 +233,9 @@ def restore(checkpoint: Path, resuming: bool, ctx: dist_utils.Context, online, t
     budget entry (None: none)."""
     if not resuming:
         return 0, None
-    if ctx.is_main:
-        for stale in stale_temp_files(checkpoint.parent):    # a checkpoint write cut short by a kill
-            log.info("removing %s, left by an interrupted checkpoint write", stale)
+    if ctx.is_main:   # a checkpoint or encoder export (RUN_DIR/encoder*.pt ...) cut short by a kill
+        for stale in [*stale_temp_files(checkpoint.parent), *stale_temp_files(checkpoint.parent.parent)]:
+            log.info("removing %s, left by an interrupted write", stale)
             stale.unlink(missing_ok=True)
     if not checkpoint.exists():
         log.info("%s has no checkpoint yet (stopped before the first one): starting it from step 0",
