@@ -42,7 +42,7 @@ from byol.file_lock import exclusive_writer
 from testkit import REPO, TINY
 
 TRAIN_ARGS = TINY + ["trainer.max_steps=10", "trainer.checkpoint_interval=1", "trainer.seed=3"]
-# CI runs one trial of each kind (seeded: the same kill moments every run, about 14 s of start-up each);
+# CI runs one trial of each kind (seeded: the same kill moments every run; a trial costs 10-20 s);
 # `-m slow` runs the other 13, which is where the coverage is.
 FAST_TRIALS, SLOW_TRIALS = 1, 13
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
