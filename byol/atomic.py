@@ -6,7 +6,11 @@ The one owner of the pattern: a file is written under a hidden temp name in its 
 A crash or a full disk at any moment leaves the previous file (or none) under the final name.
 
     atomic_write_text(path, text)            a whole file in one go (atomic_savefig: a matplotlib figure)
-    with atomic_path(path) as tmp: ...       written by any means (torch.save, h5py, safetensors ...)
+    atomic_write_bytes(path, data)           the same for bytes: what libraries serialize in memory when
+                                             their own file writers fail without an OSError (safetensors,
+                                             TorchScript), so a full disk is still one WriteError
+    with atomic_path(path) as tmp: ...       written by any means that raises OSError (torch.save to a
+                                             file object, h5py, ONNX ...)
     PendingFile(path)                        streamed over a long run (shards, .npy, .csv), then
                                              commit() renames it into place, discard() drops it
     stale_temp_files(folder, "shard-*.h5")   temp files a killed run left behind, for cleanup
