@@ -13,7 +13,8 @@ each as its own command (each plans to end well inside 10 minutes, the two insid
     python3 benchmarks/gpu_learning.py --out $OUT/gpu_learning.json      # ~240 s training + ~2 min
     python3 benchmarks/gpu_check.py --out $OUT/gpu_check.json
 
-    python benchmarks/gpu_learning.py --smoke    # without CUDA: the same plumbing at tiny CPU settings
+    python benchmarks/gpu_learning.py --smoke    # the same plumbing at tiny CPU settings (without --smoke and
+                                                 # without CUDA: a one-line error, exit 1)
 
 Stages: pretrain (byol.pretrain.loop.train: configs/short_cpu.yaml plus GPU_RECIPE below, 32 px
 views, bf16, channels_last, augmentation on the device) for --budget seconds (trainer.max_time:
@@ -58,7 +59,8 @@ GPU_RECIPE = ["data_transforms.input_shape=(32,32,3)", "network.small_stem=true"
               "network.projection_head.mlp_hidden_size=4096", "network.projection_head.projection_size=256",
               "trainer.batch_size=512", "trainer.precision=bf16", "trainer.channels_last=true",
               f"trainer.num_workers={GPU_WORKERS}", "trainer.device=cuda", "trainer.m=0.99",
-              "trainer.log_every=20", "trainer.checkpoint_interval=100000", "optimizer.name=lars",
+              "trainer.log_every=20", "trainer.checkpoint_interval=100000", "trainer.epoch_checkpoints=false",
+              "optimizer.name=lars",
               "optimizer.params.lr=1.0", "optimizer.lr_scaling=linear", "optimizer.params.weight_decay=1e-5",
               "optimizer.params.momentum=0.9", "optimizer.lars_eta=0.02", "optimizer.exclude_bias_and_norm=true",
               "optimizer.lr_schedule=cosine", "optimizer.warmup_epochs=3"]
@@ -287,10 +289,11 @@ def main(argv=None) -> dict:
     # would crowd out the table (tqdm reads this when imported, so before byol is).
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
-    smoke = a.smoke or not torch.cuda.is_available()
-    if not torch.cuda.is_available():
-        print("no CUDA device visible: the GPU learning proof needs one; running its stages at tiny CPU "
-              "settings instead (--smoke)", flush=True)
+    smoke = a.smoke
+    if not smoke and not torch.cuda.is_available():
+        print("error: no CUDA device visible: the GPU learning proof needs one (--smoke runs its stages at "
+              "tiny CPU settings)", file=sys.stderr, flush=True)
+        raise SystemExit(1)
     result = prove(a, smoke, torch.cuda.get_device_name(0) if not smoke else "CPU (smoke)")
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(table(result), flush=True)

@@ -14,11 +14,15 @@ and EMA schedules run to completion inside the budget (byol/pretrain/budget.py; 
 count instead: a ranking that does not depend on what else shares the CPU); (2) the encoder's features of train and test go to shards (--eval-subset N: N train and N/2
 test images per class, to rank settings quickly); (3) linear head, kNN and logistic regression on them, and on the
 run's starting weights (RUN_DIR/encoder-start.pt, written by training at step 0, the pipeline's
-control too) at the same size: what pretraining added;
+control too; and encoder-start-bn.pt, the same weights with BN statistics measured on the training
+images) at the same size: what pretraining added;
 raw pixels with PCA (128 components) + logistic regression and PCA + kNN, at the views' size (like
-for like) and at the images' native size (--pixel-size). The margins use the strongest baseline of
-each kind. Hyper-parameters are chosen on a validation split of train, never on test. Untrained
-and pixel stores are kept in WORKDIR/baselines and reused by later rows.
+for like) and at the images' native size (--pixel-size). The margins and the verdict are
+byol/verdict.py's, as in the pipeline's report: each feature set's best of logistic regression and
+kNN, picked on validation, with a 95% interval from a paired bootstrap over the test rows.
+Hyper-parameters are chosen on a validation split of train, never on test. Untrained and pixel
+stores are kept in WORKDIR/baselines and reused by later rows. Add trainer.knn_every=N for the
+online kNN curve (the run's metrics.jsonl; its step-0 row is the starting weights' score).
 Prints the stages, then one JSON object as its last line.
 """
 import argparse
@@ -31,13 +35,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from byol.config import load_config  # noqa: E402
+from byol.config import load_config, small_stem_for  # noqa: E402
 from byol.evaluate.options import Options  # noqa: E402
 from byol.evaluate.runner import run_baseline, run_head  # noqa: E402
 from byol.extract import extract  # noqa: E402
 from byol.store import FeatureStore  # noqa: E402
-from byol.pretrain.budget_defaults import keys_set_by_user, with_budget_defaults  # noqa: E402
 from byol.pretrain.checkpoint import START_ENCODER_FILE  # noqa: E402
+from byol.pretrain.start_bn import START_BN_ENCODER_FILE  # noqa: E402
+from byol.report import plot_training, read_metrics  # noqa: E402
+from byol.verdict import validation_top1, verdict  # noqa: E402
 from byol.pretrain.loop import train  # noqa: E402
 from byol.pretrain.optim import base_ema_rate  # noqa: E402
 
@@ -88,7 +94,7 @@ def start_store_dir(workdir: Path, start_encoder: Path) -> Path:
     return workdir / "baselines" / f"start-{sha[:16]}"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--minutes", type=float, default=30.0, help="pretraining wall-clock budget "
@@ -99,8 +105,8 @@ def main() -> None:
                     help="holds the extracted images and the baselines' stores, shared by runs")
     ap.add_argument("--run-name", default="run", help="the run's folder under WORKDIR/runs/ (a run "
                     "whose checkpoint exists there is resumed)")
-    ap.add_argument("--image-size", type=int, default=16,
-                    help="pretraining/embedding size (16: ~3x the images/s of 32 on a 2-core CPU)")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="pretraining/embedding size (default: the recipe's data_transforms.input_shape)")
     ap.add_argument("--pixel-size", type=int, default=32, help="native size of the images: the raw-pixel "
                     "baselines run at it as well as at --image-size (CIFAR-10 is 32)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the recipe's trainer.batch_size")
@@ -119,86 +125,119 @@ def main() -> None:
                     "one (e.g. byol-pytorch's, saved by ../shared/bench/peers/peer_learning.py --save PATH): the "
                     "same extraction and probes as our rows; no starting-weights rows")
     ap.add_argument("overrides", nargs="*", help="section.key=value, on top of the recipe")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def extract_all(args: argparse.Namespace, encoder: Path, run_dir: Path, eval_settings: list[str], size: int,
+                recipe: Path) -> tuple[dict, dict, list[int]]:
+    """The stores every row reads: BYOL's, the controls' (the run's own starting weights, with initial and
+    with measured BN statistics) and raw pixels' at the views' size and the images' own size."""
+    stores = {f"byol_{split}": extract(encoder, split, run_dir / "features", eval_settings,
+                                       progress=False)["split_dir"] for split in ("train", "test")}
+    controls = {}
+    if args.random_init_baseline:
+        controls = {name: run_dir / file for name, file in (("init", START_ENCODER_FILE),
+                                                             ("init_bn", START_BN_ENCODER_FILE))
+                    if (run_dir / file).is_file()}
+    for name, start in controls.items():
+        folder = start_store_dir(args.workdir, start) / f"features{args.eval_subset}-{size}px"
+        for split in ("train", "test"):
+            stores[f"{name}_{split}"] = extract(start, split, folder, eval_settings, progress=False)["split_dir"]
+    pixel_sizes = sorted({size, args.pixel_size}) if args.pixel_baselines else []
+    for px in pixel_sizes:
+        for split in ("train", "test"):
+            stores[f"pixels{px}_{split}"] = extract(
+                "pixels", split, args.workdir / "baselines" / f"pixels{px}-subset{args.eval_subset}",
+                eval_settings + [f"data_transforms.input_shape=({px},{px},3)"], config_file=recipe,
+                progress=False)["split_dir"]
+    return stores, controls, pixel_sizes
+
+
+def score_all(stores: dict, controls: dict, pixel_sizes: list[int], run_dir: Path) -> tuple[dict, dict]:
+    """Every row's top-1 (the printed JSON's *_top1 keys) and the verdict's results dict (its keys:
+    logreg, knn, start-*, start-bn-*, pca-*; of the two pixel sizes, the better on validation)."""
+    out: dict = {"eval_images": {"train": len(FeatureStore.open(stores["byol_train"])),
+                                 "test": len(FeatureStore.open(stores["byol_test"]))}}
+    results: dict = {}
+
+    def scored(name: str, key: str, train_store: str, test_store: str, results_dir: Path) -> None:
+        opts = Options(results_dir=str(results_dir), overwrite=True)
+        out[f"{name}linear_top1"] = round(run_head("linear", train_store, test_store, opts)["top1"], 2)
+        for method in ("knn", "logreg"):
+            results[f"{key}{method}"] = run_baseline(method, train_store, test_store, opts)
+            out[f"{name}{method}_top1"] = round(results[f"{key}{method}"]["top1"], 2)
+
+    scored("", "", stores["byol_train"], stores["byol_test"], run_dir / "results")
+    for name in controls:
+        prefix = name.replace("init", "random_init")
+        scored(f"{prefix}_", "start-" if name == "init" else "start-bn-", stores[f"{name}_train"],
+               stores[f"{name}_test"], run_dir / f"{prefix}_results")
+    for px in pixel_sizes:
+        opts = Options(results_dir=str(run_dir / f"pixel{px}_results"), overwrite=True)
+        for method in ("pca-logreg", "pca-knn"):
+            result = run_baseline(method, stores[f"pixels{px}_train"], stores[f"pixels{px}_test"], opts)
+            out[f"pixels{px}_{method.replace('-', '_')}_top1"] = round(result["top1"], 2)
+            best = results.get(method)
+            if best is None or (validation_top1(result) or 0) > (validation_top1(best) or 0):
+                results[method], result["image_size"] = result, px
+    return out, results
+
+
+def verdict_fields(results: dict) -> dict:
+    """The margins: each feature set's best probe (logistic regression or kNN) picked on validation, against
+    the stronger control and the best raw-pixel baseline, each with its 95% interval."""
+    decided, fields = verdict(results), {}
+    if decided["start"] or decided["pixels"]:
+        fields["verdict"] = decided["sentence"]
+    if decided["start"]:
+        fields.update(margin_over_random_init=decided["margin_over_start"], best_control=decided["start"]["key"],
+                      interval_over_random_init=decided["interval_over_start"])
+    if decided["pixels"]:
+        key = decided["pixels"]["key"]
+        fields.update(margin_over_pixels=decided["margin_over_pixels"],
+                      interval_over_pixels=decided["interval_over_pixels"],
+                      best_pixel_baseline=f"{key} at {results[key]['image_size']} px")
+    return fields
+
+
+def main() -> None:
+    args = parse_args()
     root = dataset_root(args.data.resolve(), args.workdir)
-    s = args.image_size
+    s = args.image_size or load_config(args.recipe).data_transforms.input_shape[0]
     settings = ["data.name=folder", f"data.root={root}", "data.split=train", "data.knn_train_split=train",
                 "data.eval_split=test", "data.download=false", f"data_transforms.input_shape=({s},{s},3)",
-                *([f"trainer.batch_size={args.batch_size}"] if args.batch_size else []), "trainer.knn_every=0", "trainer.tensorboard=false",
-                "trainer.checkpoint_interval=500", *args.overrides]
+                *([f"trainer.batch_size={args.batch_size}"] if args.batch_size else []), "trainer.knn_every=0",
+                "trainer.tensorboard=false", "trainer.checkpoint_interval=500", *args.overrides]
     recipe = Path(args.recipe)
-    eval_root = eval_subset(root, args.eval_subset, args.workdir)
-    eval_settings = settings + [f"data.root={eval_root}"]
+    eval_settings = settings + [f"data.root={eval_subset(root, args.eval_subset, args.workdir)}"]
     started = time.perf_counter()
     run_dir = args.workdir / "runs" / args.run_name
 
     # a fixed step count, or a time budget the run turns into steps itself (a resumed run keeps them)
     length = f"trainer.max_steps={args.steps}" if args.steps > 0 else f"trainer.max_time={args.minutes}m"
     cfg = load_config(recipe, settings + [f"trainer.run_dir={run_dir}", length])
-    if args.steps <= 0:      # what `python main.py trainer.max_time=...` gives: the budget defaults
-        cfg, _ = with_budget_defaults(cfg, keys_set_by_user(recipe, settings + [length]))
     t = time.perf_counter()
     if args.encoder:         # someone else's encoder: scored only
         summary, args.random_init_baseline = {"encoder": args.encoder.resolve()}, False
     else:
         summary = train(cfg, resume=run_dir if (run_dir / "checkpoints" / "last.pt").exists() else None)
+        # RUN_DIR/loss.png and, with trainer.knn_every, knn.png (the start as a line)
+        plot_training(read_metrics(run_dir), run_dir)
     pretrain_s = time.perf_counter() - t
 
-    stores = {}
-    for split in ("train", "test"):
-        stores[f"byol_{split}"] = extract(summary["encoder"], split, run_dir / "features", eval_settings,
-                                          progress=False)["split_dir"]
-    if args.random_init_baseline:      # the run's own starting weights: the pipeline's control too
-        init_encoder = run_dir / START_ENCODER_FILE
-        init_dir = start_store_dir(args.workdir, init_encoder)
-        for split in ("train", "test"):
-            stores[f"init_{split}"] = extract(init_encoder, split, init_dir / f"features{args.eval_subset}-{s}px", eval_settings,
-                                              progress=False)["split_dir"]
-    pixel_sizes = sorted({s, args.pixel_size}) if args.pixel_baselines else []
-    for size in pixel_sizes:
-        # raw pixels at the views' size (like for like) and at the images' own size (the strongest)
-        for split in ("train", "test"):
-            stores[f"pixels{size}_{split}"] = extract(
-                "pixels", split, args.workdir / "baselines" / f"pixels{size}-subset{args.eval_subset}",
-                eval_settings + [f"data_transforms.input_shape=({size},{size},3)"], config_file=recipe,
-                progress=False)["split_dir"]
-
-    def scored(name: str, train_store: str, test_store: str, results: Path) -> None:
-        opts = Options(results_dir=str(results), overwrite=True)
-        out[f"{name}linear_top1"] = round(run_head("linear", train_store, test_store, opts)["top1"], 2)
-        out[f"{name}knn_top1"] = round(run_baseline("knn", train_store, test_store, opts)["top1"], 2)
-        out[f"{name}logreg_top1"] = round(run_baseline("logreg", train_store, test_store, opts)["top1"], 2)
-
-    out: dict = {"eval_images": {"train": len(FeatureStore.open(stores["byol_train"])),
-                                 "test": len(FeatureStore.open(stores["byol_test"]))}}
-    scored("", stores["byol_train"], stores["byol_test"], run_dir / "results")
-    best_byol = max(out["linear_top1"], out["knn_top1"])
-    if args.random_init_baseline:
-        scored("random_init_", stores["init_train"], stores["init_test"], run_dir / "random_init_results")
-        untrained = max(out["random_init_linear_top1"], out["random_init_knn_top1"])
-        out["margin_over_random_init"] = round(best_byol - untrained, 2)
-    for size in pixel_sizes:
-        opts = Options(results_dir=str(run_dir / f"pixel{size}_results"), overwrite=True)
-        for method in ("pca-logreg", "pca-knn"):
-            result = run_baseline(method, stores[f"pixels{size}_train"], stores[f"pixels{size}_test"], opts)
-            out[f"pixels{size}_{method.replace('-', '_')}_top1"] = round(result["top1"], 2)
-    if pixel_sizes:
-        best_name, best_pixels = max(((k, v) for k, v in out.items() if k.startswith("pixels")), key=lambda kv: kv[1])
-        out.update(best_pixel_baseline=best_name, margin_over_pixels=round(best_byol - best_pixels, 2))
-    if args.random_init_baseline and pixel_sizes:
-        out["target_met"] = out["margin_over_pixels"] >= 8 and out["margin_over_random_init"] >= 10
-    if args.encoder:
-        out.update(encoder=str(args.encoder), image_size=s, total_minutes=round((time.perf_counter() - started) / 60, 1))
-        print(json.dumps(out), flush=True)
-        return
-    out.update(pretrain_minutes=round(pretrain_s / 60, 1), steps=summary["steps"],
-               epochs=round(summary["steps"] * cfg.trainer.batch_size / summary["images"], 2),
-               time_budget=summary.get("time_budget"), image_size=s, batch_size=cfg.trainer.batch_size,
-               base_tau=round(base_ema_rate(cfg.trainer.m, summary["steps"]), 4),
-               precision=summary["precision"], total_minutes=round((time.perf_counter() - started) / 60, 1),
-               recipe=recipe.name, overrides=args.overrides)
+    stores, controls, pixel_sizes = extract_all(args, summary["encoder"], run_dir, eval_settings, s, recipe)
+    out, results = score_all(stores, controls, pixel_sizes, run_dir)
+    out.update(verdict_fields(results), image_size=s, small_stem=small_stem_for(cfg))
+    if not args.encoder:
+        out.update(pretrain_minutes=round(pretrain_s / 60, 1), steps=summary["steps"],
+                   epochs=round(summary["steps"] * cfg.trainer.batch_size / summary["images"], 2),
+                   time_budget=summary.get("time_budget"), batch_size=cfg.trainer.batch_size,
+                   base_tau=round(base_ema_rate(cfg.trainer.m, summary["steps"]), 4),
+                   precision=summary["precision"], recipe=recipe.name, overrides=args.overrides)
+    else:
+        out["encoder"] = str(args.encoder)
+    out["total_minutes"] = round((time.perf_counter() - started) / 60, 1)
     print(json.dumps(out), flush=True)
-
 
 if __name__ == "__main__":
     main()

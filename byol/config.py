@@ -48,10 +48,12 @@ class Network:
 
 @dataclass
 class Data:
-    name: str = "stl10"              # stl10 | folder | digits (embedded, no download)
-    root: str = "./data"             # stl10: folder holding stl10_binary/; folder: the image folder
-    split: str = "train+unlabeled"   # stl10: train | test | unlabeled | train+unlabeled | train-fold-K
-    download: bool = True            # stl10: fetch the official archive (MD5-checked) when absent
+    name: str = "stl10"              # stl10 | cifar10 | cifar100 | folder | digits (embedded, no download)
+    root: str = "./data"             # stl10: folder holding stl10_binary/; cifar10 / cifar100: holding
+                                     # cifar-10-batches-py/ / cifar-100-python/; folder: the image folder
+    split: str = "train+unlabeled"   # stl10: train | test | unlabeled | train+unlabeled | train-fold-K;
+                                     # cifar10 / cifar100: train | test
+    download: bool = True            # stl10, cifar10, cifar100: fetch the official archive (MD5-checked) if absent
     eval_split: str = "test"         # labelled split for the online kNN monitor
     knn_train_split: str = "train"   # labelled split the kNN monitor uses as its memory bank
     on_bad_image: str = "skip"       # folder: skip (counted in the log) | error
@@ -76,6 +78,7 @@ class Trainer:
     m_schedule: str = "cosine"       # cosine: tau goes tau_base -> 1 over training | constant
     use_momentum: bool = True        # false: target = online (stop-grad), i.e. SimSiam
     checkpoint_interval: int = 5000  # steps between checkpoints (plus one at each epoch end)
+    epoch_checkpoints: bool = True   # false: no checkpoint at epoch ends (the interval's and the last still written)
     max_epochs: int = 80
     max_steps: int = 0               # >0 stops after this many steps (overrides max_epochs)
     max_time: float | str = 0        # time budget: 90s | 45m | 2h | 1h30m | seconds | slurm (this job's time
@@ -124,7 +127,7 @@ class Config:
 
 
 CHOICES = {
-    "data.name": ("stl10", "folder", "digits"),
+    "data.name": ("stl10", "cifar10", "cifar100", "folder", "digits"),
     "data.on_bad_image": ("skip", "error"),
     "trainer.m_schedule": ("cosine", "constant"),
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),

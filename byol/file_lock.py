@@ -3,7 +3,7 @@
 Two uses. Whoever writes a feature store holds DIR/.lock for the whole run, and a second writer
 refuses at once naming the holder (`exclusive_writer`): two processes writing the same shards
 would rename their temp files over each other's, and one would write a manifest listing shards
-the other replaced. Ranks that all need the STL-10 download wait for the one that fetches it
+the other replaced. Ranks that all need a dataset download (STL-10, CIFAR) wait for the one that fetches it
 (`held_lock(path, wait=True)`). The lock file records who holds it. The kernel releases the lock
 when the holder exits, however it dies (SIGKILL included), so a stale lock file never blocks a
 later run. Where `fcntl` is missing (Windows) no lock is taken: one process at a time is then up

@@ -5,7 +5,7 @@ spaced rows), each followed by its 5 nearest training images under BYOL's featur
 them, under the starting weights' features (the same queries). A green border: the neighbour's
 class matches the query's; red: it does not; grey: unlabeled. Neighbours come from the project's
 one kNN code (`byol.evaluate.neighbors.nearest_rows`, cosine, as the kNN probe); the thumbnails
-from the dataset readers (STL-10, folders, digits), found through each store's saved config and
+from the dataset readers (STL-10, CIFAR, folders, digits), found through each store's saved config and
 row indices, so the gallery needs nothing but the stores and the images they were computed from.
 RUN_DIR/neighbors.json lists the same neighbours as dataset item numbers (test queries, train
 neighbours), for a closer look.
@@ -51,41 +51,55 @@ def gallery_neighbours(train, test, queries: np.ndarray, k: int = 5) -> np.ndarr
     return rows
 
 
+def rows_of_items(store, items: np.ndarray) -> np.ndarray:
+    """The rows of `store` holding dataset items `items` (two stores of one split may list their rows in
+    different orders: the gallery matches the queries by item, never by row number)."""
+    from byol.errors import StoreError
+    row_of = {int(item): row for row, item in enumerate(store.indices())}
+    missing = [int(i) for i in items if int(i) not in row_of]
+    if missing:
+        raise StoreError(f"{store.split_dir}: holds no row for dataset item {missing[0]}, a gallery query; "
+                         f"the two stores were not extracted from the same split")
+    return np.array([row_of[int(i)] for i in items], np.int64)
+
+
 def write_gallery(stores: dict, out: Path, k: int = 5, size: int = 64) -> Path:
     """RUN_DIR/neighbors.png from `stores` {"byol_train", "byol_test"[, "start_train", "start_test"]}
     (store directories); the starting weights' half is left out when their stores are absent."""
     from byol.store import FeatureStore
     test = FeatureStore.open(stores["byol_test"])
     train = FeatureStore.open(stores["byol_train"])
-    labels, train_labels = test.labels(), train.labels()
+    labels = test.labels()
     queries = query_rows(labels)
-    panels = [("BYOL", gallery_neighbours(train, test, queries, k))]
+    query_items = test.take(queries, "indices")
+    panels = [("BYOL", train, gallery_neighbours(train, test, queries, k))]      # (title, train store, rows)
     if stores.get("start_train") and stores.get("start_test"):
-        panels.append(("starting weights", gallery_neighbours(
-            FeatureStore.open(stores["start_train"]), FeatureStore.open(stores["start_test"]), queries, k)))
+        start_train, start_test = FeatureStore.open(stores["start_train"]), FeatureStore.open(stores["start_test"])
+        panels.append(("starting weights", start_train, gallery_neighbours(
+            start_train, start_test, rows_of_items(start_test, query_items), k)))
     query_images = thumbnails(test, queries, size)
     names = list(test.attrs.get("classes") or [])
-    train_items = train.indices()
     atomic_write_text(out / "neighbors.json", json.dumps({   # the same neighbours, as dataset items
-        "queries": test.take(queries, "indices").tolist(), "query_labels": labels[queries].tolist(),
-        "neighbours": {title: np.where(rows >= 0, train_items[rows], -1).tolist() for title, rows in panels},
+        "queries": query_items.tolist(), "query_labels": labels[queries].tolist(),
+        "neighbours": {title: np.where(rows >= 0, store.indices()[rows], -1).tolist() for title, store, rows in panels},
         "metric": "cosine", "k": k}, indent=1) + "\n")
-    return _draw(query_images, labels[queries], panels, train, train_labels, names, out / "neighbors.png", size)
+    return _draw(query_images, labels[queries], panels, names, out / "neighbors.png", size)
 
 
-def _draw(query_images, query_labels, panels, train, train_labels, names, path: Path, size: int) -> Path:
+def _draw(query_images, query_labels, panels, names, path: Path, size: int) -> Path:
     import matplotlib
     matplotlib.use("Agg")                     # files only, no display
     import matplotlib.pyplot as plt
-    n, k = len(query_images), panels[0][1].shape[1]
+    n, k = len(query_images), panels[0][2].shape[1]
     cols = len(panels) * (k + 2) - 1          # per panel: query, k neighbours, a spacer between panels
     fig, axes = plt.subplots(n, cols, figsize=(cols * 0.8, n * 0.8 + 0.5), squeeze=False,
                              gridspec_kw={"wspace": 0.08, "hspace": 0.08})
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
         ax.axis("off")
-    for p, (title, rows) in enumerate(panels):
+    for p, (title, train, rows) in enumerate(panels):
         left = p * (k + 2)
+        train_labels = train.labels()
         neighbour_images = thumbnails(train, rows[rows >= 0], size)
         images = iter(neighbour_images)
         axes[0, left + 1].set_title(f"{title}: {k} nearest training images", loc="left", fontsize=8)

@@ -9,7 +9,9 @@ training resumes from RUN_DIR/checkpoints/last.pt, extraction skips finished sha
 evaluation writes new result files rather than overwriting. The train/test splits are
 `data.knn_train_split` and `data.eval_split` of the config (labelled splits). The encoder training
 started from (RUN_DIR/encoder-start.pt) gets logistic regression and kNN too (`start-logreg`,
-`start-knn`): the control that says what pretraining added. Prints a JSON summary (the results
+`start-knn`): the control that says what pretraining added; so do the same weights with batch-norm
+statistics measured on the training images (RUN_DIR/encoder-start-bn.pt: `start-bn-logreg`,
+`start-bn-knn`), often the stronger control; the verdict takes the better on validation. Prints a JSON summary (the results
 table and the verdict) as its last line.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ def git_revision() -> str:
 def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int = 30) -> dict:
     """config_file (None: ./config.yaml) <- overrides; a run_dir holding checkpoints/last.pt resumes."""
     from byol.pretrain.checkpoint import START_ENCODER_FILE, library_versions
+    from byol.pretrain.start_bn import START_BN_ENCODER_FILE
     from byol.evaluate.options import Options
     from byol.evaluate.runner import run_baseline, run_head
     from byol.extract import extract
@@ -67,6 +70,8 @@ def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int
     start_encoder = run_dir / START_ENCODER_FILE
     if start_encoder.is_file():
         encoders["start"] = (start_encoder, "features-start")
+        if (run_dir / START_BN_ENCODER_FILE).is_file():      # the same weights, BN statistics measured
+            encoders["start-bn"] = (run_dir / START_BN_ENCODER_FILE, "features-start-bn")
     else:
         log.warning("%s is missing (a run trained before byol wrote it): no starting-weights control",
                     start_encoder)
@@ -86,11 +91,12 @@ def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int
         results[kind] = timed(f"head {kind}", lambda: run_head(kind, stores["byol_train"], stores["byol_test"], opts))
     for method in ("logreg", "knn"):
         results[method] = timed(method, lambda: run_baseline(method, stores["byol_train"], stores["byol_test"], opts))
-    if "start" in encoders:
-        start_opts = Options(epochs=head_epochs, results_dir=str(run_dir / "results-start"))
-        for method in ("logreg", "knn"):
-            results[f"start-{method}"] = timed(f"start {method}", lambda: run_baseline(
-                method, stores["start_train"], stores["start_test"], start_opts))
+    for control in ("start", "start-bn"):
+        if control in encoders:
+            control_opts = Options(epochs=head_epochs, results_dir=str(run_dir / f"results-{control}"))
+            for method in ("logreg", "knn"):
+                results[f"{control}-{method}"] = timed(f"{control} {method}", lambda: run_baseline(
+                    method, stores[f"{control}_train"], stores[f"{control}_test"], control_opts))
     for method in ("pca-logreg", "pca-knn"):
         results[method] = timed(method, lambda: run_baseline(method, stores["pixels_train"],
                                                              stores["pixels_test"], opts))
@@ -107,7 +113,7 @@ def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int
     info["stage_seconds"] = stage_seconds
     atomic_write_text(run_dir / "pipeline.json", json.dumps(info, indent=2))
     top1 = {k: r["top1"] for k, r in results.items()}
-    return {"report": str(report), "top1": top1, "verdict": verdict(top1),
+    return {"report": str(report), "top1": top1, "verdict": verdict(results),
             "seconds": round(sum(stage_seconds.values()), 1)}
 
 

@@ -5,7 +5,8 @@
 Reads RUN_DIR/config.yaml, metrics.jsonl, pipeline.json (stage times, provenance, result files,
 stores), the result JSON files and the feature stores; writes report.md, which opens with the
 verdict (byol/verdict.py: what BYOL adds over its starting weights and over raw pixels), with PNGs
-beside it: loss.png (loss and collapse indicator), knn.png (kNN accuracy over training),
+beside it: loss.png (loss and collapse indicator), knn.png (kNN accuracy over training, with the
+starting weights' score, measured before the first step, as a dashed line),
 embedding.png (PCA and t-SNE of test embeddings), confusion.png (the best head's confusion
 matrix), neighbors.png (byol/gallery.py), and the TensorBoard projector under RUN_DIR/tensorboard
 (byol/projector.py).
@@ -31,6 +32,8 @@ ROWS = [  # (label in the table, features, result key in pipeline.json)
     ("BYOL + kNN", "BYOL", "knn"),
     ("starting weights + logistic regression", "start", "start-logreg"),
     ("starting weights + kNN", "start", "start-knn"),
+    ("starting weights, BN statistics measured + logistic regression", "start (measured BN)", "start-bn-logreg"),
+    ("starting weights, BN statistics measured + kNN", "start (measured BN)", "start-bn-knn"),
     ("raw pixels + PCA + logistic regression", "pixels", "pca-logreg"),
     ("raw pixels + PCA + kNN", "pixels", "pca-knn"),
 ]
@@ -63,8 +66,12 @@ def plot_training(rows: list[dict], out: Path) -> list[str]:
     knn = [r for r in rows if "knn_top1" in r]
     if knn:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], marker="o")
+        ax.plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], marker="o", label="BYOL (online encoder)")
+        start = next((r["knn_top1"] for r in knn if r["step"] == 0), None)   # measured before the first step
+        if start is not None:
+            ax.axhline(start, color="C3", linestyle="--", label=f"starting weights ({start:.1f}%)")
         ax.set(xlabel="epoch", ylabel="top-1 (%)", title="online kNN accuracy")
+        ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout(), atomic_savefig(fig, out / "knn.png", dpi=110), plt.close(fig)
         made.append("knn.png")
     return made
@@ -110,22 +117,28 @@ def plot_confusion(csv_path: Path, out: Path, title: str) -> list[str]:
     return ["confusion.png"]
 
 
-def inspection_views(run_dir: Path, stores: dict) -> list[str]:
-    """neighbors.png and the TensorBoard projector, from the BYOL (and starting weights') stores.
-    The images come from the dataset the stores were computed from: where it is gone (moved, or
-    a relative data.root seen from another folder), the report says so and goes on without them."""
+def inspection_views(run_dir: Path, stores: dict) -> tuple[list[str], str]:
+    """neighbors.png and the TensorBoard projector, from the BYOL (and starting weights') stores, and a
+    note for report.md saying what is missing and why (empty when nothing is). The images come from the
+    dataset the stores were computed from: where it is gone (moved, or a relative data.root seen from
+    another folder), the report says so and goes on without them."""
     if not {"byol_train", "byol_test"} <= set(stores):
-        return []
+        return [], ("No neighbour gallery or projector: the run directory lists no BYOL train and test stores "
+                    "(pipeline.json); run `byol pipeline` to make them.")
     from byol.errors import DataError
     from byol.gallery import write_gallery
     from byol.projector import write_projector
     try:
         write_gallery(stores, run_dir)
-        write_projector(run_dir / "tensorboard", {"byol": stores["byol_test"], "start": stores.get("start_test")})
     except (DataError, OSError) as e:
         log.warning("no neighbour gallery or projector: the stores' images cannot be read (%s)", e)
-        return []
-    return ["neighbors.png"]
+        return [], f"No neighbour gallery or projector: {e}"
+    try:
+        write_projector(run_dir / "tensorboard", {"byol": stores["byol_test"], "start": stores.get("start_test")})
+    except (DataError, OSError) as e:
+        log.warning("no TensorBoard projector (%s)", e)
+        return ["neighbors.png"], f"No TensorBoard projector: {e}"
+    return ["neighbors.png"], ""
 
 
 def results_table(results: dict) -> list[str]:
@@ -152,7 +165,8 @@ def write_report(run_dir: str | Path) -> Path:
     if info.get("features_test") and Path(info["features_test"]).exists():
         plots += plot_embedding(Path(info["features_test"]), run_dir)
     stores = {k: v for k, v in (info.get("stores") or {}).items() if (Path(v) / "manifest.json").exists()}
-    plots += inspection_views(run_dir, stores)
+    views, missing = inspection_views(run_dir, stores)
+    plots += views
     heads = [k for k in ("mlp", "linear") if k in results]
     best = max(heads, key=lambda k: results[k]["top1"]) if heads else None
     if best and results[best].get("confusion_csv") and Path(results[best]["confusion_csv"]).exists():
@@ -160,7 +174,9 @@ def write_report(run_dir: str | Path) -> Path:
 
     md = [f"# BYOL report: `{run_dir}`", ""]
     if results:
-        md += [f"**Verdict:** {verdict({k: r['top1'] for k, r in results.items()})['sentence']}", ""]
+        md += [f"**Verdict:** {verdict(results)['sentence']}", "",
+               "The interval is a paired bootstrap over the test images both probes scored: it covers the test "
+               "set's sampling, not the spread between runs with other seeds.", ""]
         md += ["## Results (test split; hyper-parameters chosen on a validation split of train)", ""]
         md += results_table(results) + [""]
     captions = {"loss.png": "Training loss and collapse indicator",
@@ -169,6 +185,8 @@ def write_report(run_dir: str | Path) -> Path:
                 "confusion.png": "Confusion matrix of the best head",
                 "neighbors.png": "Test images and their 5 nearest training images: BYOL vs its starting weights"}
     md += ["## Plots", ""] + [f"![{captions[p]}]({p})" for p in plots] + [""]
+    if missing:
+        md += [f"*{missing}*", ""]
     if (run_dir / "tensorboard" / "projector_config.pbtxt").exists():
         md += ["## Interactive view", "", f"`tensorboard --logdir {run_dir / 'tensorboard'}`, then the PROJECTOR "
                "tab: the test embeddings (tags `byol` and `start`, at most 2,000 rows) with labels and thumbnails, "

@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import socket
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -20,11 +21,12 @@ from byol.config import load_config
 from byol.errors import ConfigError, Interrupted
 from byol.pretrain import budget
 from byol.pretrain.checkpoint import load_training_checkpoint, resume_config
+from byol.pretrain.command import config_for_run
 from byol.pretrain.command import main as train_main
 from byol.pretrain.loop import train
 from byol.pretrain.optim import Schedule, base_ema_rate
 
-from testkit import TINY, run_cli, run_main
+from testkit import REPO, TINY, run_cli, run_main
 
 # 480 digits at 16 px, batch 16: 30 steps an epoch; max_steps is the upper bound the budget stays under
 ARGS = [*TINY, "data.max_images=480", "data_transforms.input_shape=(16,16,3)", "trainer.max_steps=1000"]
@@ -78,6 +80,34 @@ def test_the_chosen_total_ends_the_schedules_at_the_budget(budget_run):
     assert schedule.base_tau == base_ema_rate("auto", 30) != base_ema_rate("auto", 1000)
     for row in rows(run)[10:]:                       # after the total was chosen
         assert row["tau"] == pytest.approx(schedule.tau(row["step"] - 1), abs=1e-12)
+
+
+def test_a_budget_changes_no_setting_but_the_step_count(budget_run):
+    """trainer.max_time fits the schedules to the time and nothing else: the run's saved config is the
+    config it was given, with max_steps set to the chosen total (no hidden batch, LR, warmup or tau)."""
+    run, summary, _ = budget_run
+    given = load_config(None, [*ARGS, f"trainer.run_dir={run}", "trainer.max_time=30s", "trainer.m=auto"])
+    assert load_config(run / "config.yaml") == replace(given, trainer=replace(given.trainer, max_steps=30))
+    assert not (run / "config.yaml").read_text().startswith("#")              # no comment of changed keys
+    for length in ("trainer.max_time=20m", "trainer.max_time=0s", "trainer.max_time=0m"):
+        cfg, resume = config_for_run(REPO / "config.yaml", [length])
+        assert (cfg, resume) == (load_config(REPO / "config.yaml", [length]), None)
+
+
+def test_with_m_auto_tau_switches_once_from_the_upper_bounds_base_to_the_budgets(budget_run):
+    """What the README says happens: until the first estimate tau follows the upper bound's base rate (1,000
+    steps here), then the chosen total's (30 steps), once; otherwise it only rises (its cosine to 1)."""
+    run, _, _ = budget_run
+    taus = [r["tau"] for r in rows(run)]
+    upper, chosen = base_ema_rate("auto", 1000), base_ema_rate("auto", 30)
+    assert upper - chosen > 0.004                                     # two different base rates
+    assert taus[0] == pytest.approx(upper, abs=1e-4)                  # step 1: the upper bound's schedule
+    assert sum(b < a for a, b in zip(taus, taus[1:])) == 1            # the one switch down, at the estimate
+
+
+def test_a_budget_of_zero_is_no_budget():
+    for off in ("0", "0s", "0m", "0h0m"):
+        assert budget.resolve(load_config(None, [f"trainer.max_time={off}"]).trainer) == (0.0, "")
 
 
 def test_a_slow_first_estimate_is_corrected_without_a_jump_in_the_lr(tmp_path, monkeypatch):

@@ -117,6 +117,26 @@ def test_streaming_knn_equals_sklearn(overlapping, monkeypatch, metric):
     np.testing.assert_allclose(votes / 7, reference.predict_proba(xte))
 
 
+def test_temperature_knn_of_the_probe_and_the_training_monitor_equals_sklearn(overlapping, tmp_path):
+    """The weighted kNN every curve and verdict reads (cosine, k=200 neighbours voting exp(sim / 0.07), Wu
+    et al. 2018), recomputed independently by scikit-learn on the same vectors: the evaluation stage's
+    probe on stores and the training monitor's on tensors give scikit-learn's predictions."""
+    from sklearn.neighbors import KNeighborsClassifier
+    from byol.pretrain.monitor import weighted_knn_scores
+    train, test, (xtr, ytr, xte, yte) = overlapping
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    reference = KNeighborsClassifier(n_neighbors=200, metric="cosine", algorithm="brute",
+                                     weights=lambda d: np.exp((1.0 - d) / 0.07)).fit(unit(xtr), ytr)
+    expected = reference.predict(unit(xte))
+    assert 0.3 < (expected == yte).mean() < 0.95                     # a set where the neighbours matter
+    data = prepare(train, test, val_fraction=0.0)
+    opts = replace(FAST, val_fraction=0.0, k=200, metric="cosine", knn_weighting="temperature", temperature=0.07)
+    votes, _ = predictions(evaluate_knn(data, opts)[0])
+    np.testing.assert_array_equal(data.classes[votes.argmax(1)], expected)
+    monitor = weighted_knn_scores(torch.from_numpy(xtr), torch.from_numpy(ytr).long(), torch.from_numpy(xte), 6)
+    np.testing.assert_array_equal(monitor.argmax(1).numpy(), expected)
+
+
 def test_running_topk_equals_brute_force():
     rng = np.random.default_rng(0)
     bank, queries = rng.standard_normal((103, 5)).astype(np.float32), rng.standard_normal((9, 5)).astype(np.float32)

@@ -58,8 +58,6 @@ def test_pack_then_smoke(tmp_path):
     done = run_cli("benchmarks/gpu_learning.py", "--smoke", "--data", packed, "--workdir", tmp_path / "work",
                    "--out", out, "--smoke-per-class", 8, timeout=300, env={"CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    lines = done.stdout.strip().splitlines()
-    assert lines[0].startswith("no CUDA device visible")
     result = json.loads(out.read_text())
     assert done.last_json == result
     assert set(result) == FIELDS
@@ -73,6 +71,12 @@ def test_pack_then_smoke(tmp_path):
                                  for m in ("logreg", "knn") for b in ("start", "pixels")}
     assert result["target_met"] is (top1["byol-knn"] >= 80.0)
     assert "GPU learning proof on CPU (smoke)" in done.stdout
+    # without --smoke, no CUDA is a one-line error (the device check must not pass for a GPU run)
+    refused = run_cli("benchmarks/gpu_learning.py", "--data", packed, "--workdir", tmp_path / "work2", "--out",
+                      tmp_path / "refused.json", timeout=120, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert refused.returncode == 1 and not (tmp_path / "refused.json").exists()
+    assert refused.stderr.strip().splitlines() == ["error: no CUDA device visible: the GPU learning proof needs one "
+                                                   "(--smoke runs its stages at tiny CPU settings)"]
     # the untrained rows come from the run's own step-0 encoder
     start = json.loads((tmp_path / "work" / "run" / "encoder-start.json").read_text())
     assert start["step"] == 0

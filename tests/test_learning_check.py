@@ -13,6 +13,8 @@ import torch
 import torchvision
 from PIL import Image
 
+from byol.verdict import verdict
+
 from testkit import REPO, run_main
 
 PER_CLASS = 16
@@ -49,26 +51,36 @@ def folder(tmp_path_factory):
 
 def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path, capsys):
     out = run_check(capsys, folder, tmp_path / "work")
-    rows = ("linear", "knn", "random_init_linear", "random_init_knn", "pixels16_pca_logreg", "pixels16_pca_knn",
-            "pixels32_pca_logreg", "pixels32_pca_knn")
+    rows = ("linear", "knn", "logreg", "random_init_linear", "random_init_knn", "random_init_bn_linear",
+            "random_init_bn_knn", "pixels32_pca_logreg", "pixels32_pca_knn")
     for row in rows:
         assert 0.0 <= out[f"{row}_top1"] <= 100.0
-    # colour alone separates the classes: the pixel baselines must find it, at either size
-    assert out["pixels16_pca_logreg_top1"] == out["pixels32_pca_logreg_top1"] == 100.0
-    best_byol = max(out["linear_top1"], out["knn_top1"])
-    pixels = {k: v for k, v in out.items() if k.startswith("pixels")}
-    assert out["best_pixel_baseline"] == max(pixels, key=pixels.get)
-    assert out["margin_over_pixels"] == round(best_byol - max(pixels.values()), 2)
-    assert out["margin_over_random_init"] == round(
-        best_byol - max(out["random_init_linear_top1"], out["random_init_knn_top1"]), 2)
-    assert out["target_met"] is (out["margin_over_pixels"] >= 8 and out["margin_over_random_init"] >= 10)
-    assert out["steps"] >= 1 and out["batch_size"] == 8 and out["image_size"] == 16
+    assert not any(k.startswith("pixels16") for k in out)        # the recipe's 32 px views = the images' size
+    # colour alone separates the classes: the pixel baselines must find it
+    assert out["pixels32_pca_logreg_top1"] == 100.0
+    # the margins are the verdict's (byol/verdict.py), as in the pipeline's report, on the files the run wrote
+    run = tmp_path / "work" / "runs" / "run"
+    results = {key: json.loads((run / folder_name / f"{method}.json").read_text())
+               for key, folder_name, method in [
+                   ("knn", "results", "knn"), ("logreg", "results", "logreg"),
+                   ("start-knn", "random_init_results", "knn"), ("start-logreg", "random_init_results", "logreg"),
+                   ("start-bn-knn", "random_init_bn_results", "knn"),
+                   ("start-bn-logreg", "random_init_bn_results", "logreg"),
+                   ("pca-knn", "pixel32_results", "pca-knn"), ("pca-logreg", "pixel32_results", "pca-logreg")]}
+    decided = verdict(results)
+    assert out["verdict"] == decided["sentence"] and out["best_control"] == decided["start"]["key"]
+    assert (out["margin_over_random_init"], out["interval_over_random_init"]) == \
+        (decided["margin_over_start"], decided["interval_over_start"])
+    assert out["margin_over_pixels"] == decided["margin_over_pixels"]
+    assert out["best_pixel_baseline"] == f"{decided['pixels']['key']} at 32 px"
+    low, high = out["interval_over_random_init"]
+    assert low <= out["margin_over_random_init"] <= high
+    assert out["steps"] >= 1 and out["batch_size"] == 8 and out["image_size"] == 32 and out["small_stem"] is False
     assert out["recipe"] == "short_cpu.yaml" and out["base_tau"] == 0.99       # the recipe's m
     assert out["eval_images"] == {"train": 2 * PER_CLASS, "test": 2 * PER_CLASS}
 
     # the control is the run's own starting weights (the untrained network of its seed, the file
     # training wrote at step 0), as a plain torchvision ResNet-18
-    run = tmp_path / "work" / "runs" / "run"
     init = torch.load(run / "encoder-start.pt", weights_only=True)
     trained = torch.load(run / "encoder.pt", weights_only=True)
     init_step = json.loads((run / "encoder-start.json").read_text())["step"]
@@ -84,9 +96,13 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path, caps
     for key, value in online.encoder.state_dict().items():
         assert torch.equal(init[key], value), key
     resnet = torchvision.models.resnet18()
-    resnet.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
     resnet.fc = torch.nn.Identity()
     resnet.load_state_dict(init)
+    # the stronger control: the same weights, BN statistics measured on the training images
+    init_bn = torch.load(run / "encoder-start-bn.pt", weights_only=True)
+    for key, value in init.items():
+        measured = key.endswith(("running_mean", "running_var"))
+        assert torch.equal(init_bn[key], value) != measured or key.endswith("num_batches_tracked"), key
 
     # a second row with a fixed step count and a probe subset reuses the baselines' stores
     again = run_check(capsys, folder, tmp_path / "work", "--steps", "2", "--eval-subset", "8", "--run-name", "row2")
@@ -94,13 +110,14 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path, caps
     assert again["time_budget"] is None                      # --steps: no time budget
     assert out["time_budget"]["max_time"] == "0.6s" and out["time_budget"]["steps"] == out["steps"]
     starts = sorted(p.name for p in (tmp_path / "work" / "baselines").glob("start-*"))
-    assert len(starts) == 1            # same network and seed: the same starting weights, one set of stores
+    # same network, seed and images: the same two controls (initial and measured BN), one set of stores each
+    assert len(starts) == 2
 
 
 def test_learning_check_skips_the_rows_it_is_told_to(folder, tmp_path, capsys):
     out = run_check(capsys, folder, tmp_path / "work", "--no-pixel-baselines", "--no-random-init-baseline")
     assert {"linear_top1", "knn_top1"} <= out.keys()
-    assert not any(k.startswith(("pixels", "random_init_", "margin", "best_pixel")) or k == "target_met"
+    assert not any(k.startswith(("pixels", "random_init_", "margin", "interval", "best_")) or k == "verdict"
                    for k in out)
     assert not (tmp_path / "work" / "baselines").exists()
     # someone else's encoder file (byol-pytorch's, saved by peer_learning.py --save) gets the same probes:

@@ -9,8 +9,8 @@ from testkit import run_cli
 
 def test_pipeline_runs_end_to_end_and_report_regenerates(pipeline_run):
     run, out = pipeline_run      # tests/conftest.py: configs/demo.yaml with tiny settings
-    assert set(out["top1"]) == {"linear", "mlp", "logreg", "knn", "start-logreg", "start-knn", "pca-logreg",
-                                "pca-knn"}
+    assert set(out["top1"]) == {"linear", "mlp", "logreg", "knn", "start-logreg", "start-knn", "start-bn-logreg",
+                                "start-bn-knn", "pca-logreg", "pca-knn"}
     assert all(10 <= v <= 100 for v in out["top1"].values())       # 10 classes: chance is 10%
     assert out["top1"]["pca-knn"] > 80                               # raw digits are easy for kNN
     report = Path(out["report"]).read_text()
@@ -35,3 +35,4 @@ def test_report_of_a_run_without_evaluation(tmp_path):
         "\n".join(json.dumps({"step": i, "loss": 4 - i / 10, "collapse_std": 0.5}) for i in range(1, 6)))
     text = write_report(tmp_path).read_text()
     assert "loss.png" in text and "Results" not in text
+    assert "No neighbour gallery or projector: the run directory lists no BYOL train and test stores" in text

@@ -15,7 +15,6 @@ from byol.gallery import query_rows, write_gallery
 from byol.projector import stratified_rows
 from byol.pretrain import loop
 from byol.report import write_report
-from byol.verdict import verdict
 
 from testkit import TINY, write_store
 
@@ -74,34 +73,6 @@ def test_a_resumed_run_keeps_the_start_file_of_its_first_start(trained_run_copy)
     assert summary["steps"] == 3 and _digests(run) == before
 
 
-@pytest.mark.parametrize("byol_knn, start_knn, pixel_knn, lead", [
-    (90.0, 70.0, 80.0, "Pretraining helped:"),
-    (90.0, 70.0, 95.0, "Pretraining helped over its starting weights, but the features do not beat raw pixels"),
-    (60.0, 70.0, 50.0, "Pretraining has not helped yet:"),
-    (70.0, 70.0, 50.0, "Pretraining has not helped yet:"),
-])
-def test_verdict_margins_are_the_rows_and_wording_follows_their_sign(byol_knn, start_knn, pixel_knn, lead):
-    top1 = {"linear": 99.0, "mlp": 99.5,            # heads on BYOL only: not part of the like-for-like margins
-            "logreg": byol_knn - 5, "knn": byol_knn, "start-logreg": start_knn - 1, "start-knn": start_knn,
-            "pca-logreg": pixel_knn - 2, "pca-knn": pixel_knn}
-    v = verdict(top1)
-    assert v["margin_over_start"] == round(top1["knn"] - top1["start-knn"], 2)
-    assert v["margin_over_pixels"] == round(top1["knn"] - top1["pca-knn"], 2)
-    assert v["sentence"].startswith(lead)
-    assert v["helped"] == (v["margin_over_start"] > 0 and v["margin_over_pixels"] > 0)
-    over_start = v["margin_over_start"]
-    word = "above" if over_start > 0 else ("equal" if over_start == 0 else "below")
-    assert f"{word} its starting weights" in v["sentence"] or (word == "equal" and "equal" in v["sentence"])
-    assert f"{abs(over_start):.1f} point" in v["sentence"] or over_start == 0
-    assert ("train longer" in v["sentence"]) == (not v["helped"])      # advice only where a margin is <= 0
-
-
-def test_verdict_without_the_control_says_so():
-    v = verdict({"logreg": 80.0, "knn": 82.0, "pca-logreg": 70.0, "pca-knn": 71.0})
-    assert v["margin_over_start"] is None and v["margin_over_pixels"] == 11.0
-    assert "control is missing" in v["sentence"] and not v["helped"]
-
-
 DIGITS_ATTRS = {"config": {"data": {"name": "digits"}}, "image_size": 16, "encoder": "test",
                 "classes": [str(d) for d in range(10)]}
 
@@ -124,13 +95,34 @@ def test_gallery_neighbours_are_the_knn_codes_on_a_store_with_known_neighbours(t
     x_test = np.eye(6, dtype=np.float32)[:3] * 2.0
     test = write_store(tmp_path / "s" / "test", x_test, np.arange(3), 2, indices=[5, 6, 7],
                        attrs={**DIGITS_ATTRS, "split": "test"})
-    png = write_gallery({"byol_train": train, "byol_test": test}, tmp_path)
+    # The starting weights' stores hold the same vectors in other row orders: its panel must find the
+    # same neighbours (as dataset items), for the same queries, however its rows are ordered.
+    shuffle = rng.permutation(len(order))
+    start_train = write_store(tmp_path / "start" / "train", x_train[shuffle], y_train[shuffle], 8,
+                              indices=indices[shuffle], attrs={**DIGITS_ATTRS, "split": "train"})
+    start_test = write_store(tmp_path / "start" / "test", x_test[::-1].copy(), np.arange(3)[::-1].copy(), 2,
+                             indices=[7, 6, 5], attrs={**DIGITS_ATTRS, "split": "test"})
+    png = write_gallery({"byol_train": train, "byol_test": test, "start_train": start_train,
+                         "start_test": start_test}, tmp_path)
     assert png.stat().st_size > 5000
     listed = json.loads((tmp_path / "neighbors.json").read_text())
     assert listed["queries"] == [5, 6, 7] and listed["query_labels"] == [0, 1, 2]
-    for c, found in enumerate(listed["neighbours"]["BYOL"]):
+    for c in range(3):
         expected = [int(indices[np.flatnonzero((y_train == c) & (j_train == j))[0]]) for j in range(5)]
-        assert found == expected
+        assert listed["neighbours"]["BYOL"][c] == expected
+        assert listed["neighbours"]["starting weights"][c] == expected
+
+
+def test_gallery_refuses_stores_of_different_images(tmp_path):
+    from byol.errors import StoreError
+    x = np.eye(4, dtype=np.float32)
+    train = write_store(tmp_path / "b" / "train", x, np.arange(4), 4, attrs={**DIGITS_ATTRS, "split": "train"})
+    test = write_store(tmp_path / "b" / "test", x[:2], np.arange(2), 2, indices=[0, 1],
+                       attrs={**DIGITS_ATTRS, "split": "test"})
+    other = write_store(tmp_path / "s" / "test", x[:2], np.arange(2), 2, indices=[8, 9],
+                        attrs={**DIGITS_ATTRS, "split": "test"})
+    with pytest.raises(StoreError, match="holds no row for dataset item 0"):
+        write_gallery({"byol_train": train, "byol_test": test, "start_train": train, "start_test": other}, tmp_path)
 
 
 def test_query_and_projector_rows():
@@ -144,13 +136,15 @@ def test_query_and_projector_rows():
 def test_pipeline_report_has_the_control_the_verdict_the_gallery_and_the_projector(pipeline_run, tmp_path):
     run, out = pipeline_run
     top1, v = out["top1"], out["verdict"]
-    assert {"start-logreg", "start-knn"} <= set(top1)
-    assert v["margin_over_start"] == round(max(top1["logreg"], top1["knn"]) -
-                                           max(top1["start-logreg"], top1["start-knn"]), 2)
-    assert v["margin_over_pixels"] == round(max(top1["logreg"], top1["knn"]) -
-                                            max(top1["pca-logreg"], top1["pca-knn"]), 2)
+    assert {"start-logreg", "start-knn", "start-bn-logreg", "start-bn-knn"} <= set(top1)   # both controls
+    assert v["byol"]["key"] in ("logreg", "knn") and v["start"]["key"].startswith("start-")
+    assert v["margin_over_start"] == round(top1[v["byol"]["key"]] - top1[v["start"]["key"]], 2)
+    assert v["margin_over_pixels"] == round(top1[v["byol"]["key"]] - top1[v["pixels"]["key"]], 2)
+    low, high = v["interval_over_start"]                  # every probe left its per-image predictions
+    assert low <= v["margin_over_start"] <= high and "95% interval" in v["sentence"]
     report = (run / "report.md").read_text()
     assert f"**Verdict:** {v['sentence']}" in report and "starting weights + kNN" in report
+    assert "starting weights, BN statistics measured + kNN" in report and "paired bootstrap" in report
     assert (run / "neighbors.png").stat().st_size > 5000 and "neighbors.png" in report
     listed = json.loads((run / "neighbors.json").read_text())
     assert len(listed["queries"]) == 10 and set(listed["neighbours"]) == {"BYOL", "starting weights"}
@@ -180,3 +174,20 @@ def test_pipeline_report_has_the_control_the_verdict_the_gallery_and_the_project
     text = write_report(old).read_text()
     assert "control is missing" in text and "starting weights + kNN" not in text
     assert set(json.loads((old / "neighbors.json").read_text())["neighbours"]) == {"BYOL"}
+
+
+def test_the_report_says_what_is_missing_when_the_gallery_cannot_be_drawn(pipeline_run, tmp_path, monkeypatch):
+    from byol.errors import DataError
+    import byol.gallery
+    run = Path(shutil.copytree(pipeline_run[0], tmp_path / "run"))
+    pipeline = json.loads((run / "pipeline.json").read_text())
+    pipeline["stores"] = {k: v.replace(str(pipeline_run[0]), str(run)) for k, v in pipeline["stores"].items()}
+    (run / "pipeline.json").write_text(json.dumps(pipeline))
+
+    def gone(*args, **kwargs):
+        raise DataError("image folder '/data/moved' not found")
+    monkeypatch.setattr(byol.gallery, "write_gallery", gone)
+    (run / "neighbors.png").unlink()
+    report = write_report(run).read_text()
+    assert "*No neighbour gallery or projector: image folder '/data/moved' not found*" in report
+    assert "neighbors.png" not in report and not (run / "neighbors.png").exists()

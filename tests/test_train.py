@@ -14,6 +14,9 @@ from byol.errors import TrainingError
 from byol.errors import Interrupted
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
+from byol.pretrain.monitor import knn_top1
+from byol.data import build_dataset
+from byol.encoders.build import build_encoder
 
 from testkit import REPO, TINY, run_cli, run_main, write_stl10_binary
 
@@ -38,7 +41,13 @@ def test_training_writes_run_dir_checkpoint_and_encoder(tmp_path):
     assert [r["step"] for r in steps] == list(range(1, 13))
     assert all(0 <= r["loss"] <= 8 and r["img_per_s"] > 0 and 0 <= r["collapse_std"] for r in steps)
     assert steps[0]["tau"] == pytest.approx(0.996, abs=1e-4) and steps[-1]["lr"] < steps[0]["lr"]
-    assert sum("knn_top1" in r for r in rows) == 2
+    knn = [r for r in rows if "knn_top1" in r]
+    assert [(r["step"], r["epoch"]) for r in knn] == [(0, 0), (6, 1), (12, 2)]   # step 0: the starting weights
+    cfg = tiny_config(tmp_path, "data.eval_split=test")          # the starting weights, scored on their own
+    start = build_encoder("resnet18")
+    start.load_state_dict(torch.load(run / "encoder-start.pt", weights_only=True))
+    sets = [build_dataset(cfg.data, 32, split) for split in ("train", "test")]
+    assert knn[0]["knn_top1"] == pytest.approx(knn_top1(start, *sets, 32, torch.device("cpu")))
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 12 and ckpt["config"]["trainer"]["max_epochs"] == 2
     assert set(ckpt) >= {"online", "target", "optimizer", "rng", "versions"}
@@ -48,6 +57,19 @@ def test_training_writes_run_dir_checkpoint_and_encoder(tmp_path):
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
     meta = json.loads((run / "encoder.json").read_text())
     assert meta["feature_dim"] == 512 and meta["step"] == 12
+
+
+def test_epoch_checkpoints_can_be_skipped_and_the_last_is_still_written(tmp_path, monkeypatch):
+    from byol.pretrain.setup import Run
+    saved = []
+    monkeypatch.setattr(Run, "save", lambda self, step, real=Run.save: saved.append(step) or real(self, step))
+    train(tiny_config(tmp_path, "trainer.max_epochs=3", "trainer.checkpoint_interval=4"))   # 6 steps an epoch
+    assert saved == [4, 6, 8, 12, 12, 16, 18]            # every 4 steps, and every epoch end (6, 12, 18)
+    saved.clear()
+    train(tiny_config(tmp_path / "b", "trainer.max_epochs=3", "trainer.checkpoint_interval=4",
+                      "trainer.epoch_checkpoints=false"))
+    assert saved == [4, 8, 12, 16, 18]                   # the interval's and the last one only
+    assert torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == 18
 
 
 def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):

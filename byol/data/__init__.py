@@ -2,6 +2,8 @@
 label -1 for unlabeled images, and has `classes`, `name` and an int64 `labels` array.
 
     stl10.py         STL-10's official binary files, read record by record; download + MD5
+    cifar.py         CIFAR-10 / CIFAR-100's official pickle batches (restricted unpickler), in memory
+    download.py      the official archives: fetched once under a lock, MD5-checked, extracted
     image_folder.py  a user's folder of images, decoded (any mode) to RGB uint8
     digits.py        scikit-learn's embedded 8x8 digits (the no-download demo)
     augment.py       the paper's two views (+ multi-crop), batched on the training device, per sample
@@ -14,14 +16,18 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from byol.config import CHOICES
+from byol.data.cifar import CIFAR10, CIFAR100, CIFARS
+from byol.data.cifar import SIDE as CIFAR_SIDE
 from byol.data.crops import FolderCropViews
 from byol.data.digits import Digits
 from byol.data.image_folder import ImageFolder
+from byol.data.stl10 import SIDE as STL10_SIDE
 from byol.data.stl10 import STL10
 from byol.errors import DataError
 
-__all__ = ["Digits", "FolderCropViews", "ImageFolder", "STL10", "build_dataset", "build_training_dataset",
-           "dataset_labels"]
+__all__ = ["CIFAR10", "CIFAR100", "Digits", "FolderCropViews", "ImageFolder", "STL10", "build_dataset",
+           "build_training_dataset", "dataset_labels"]
 
 
 def build_dataset(data_cfg, image_size: int, split: str | None = None) -> Dataset:
@@ -31,19 +37,22 @@ def build_dataset(data_cfg, image_size: int, split: str | None = None) -> Datase
     if data_cfg.name == "stl10":
         return STL10(data_cfg.root, split, image_size, download=data_cfg.download,
                      max_images=data_cfg.max_images)
+    if data_cfg.name in CIFARS:
+        return CIFARS[data_cfg.name](data_cfg.root, split, image_size, download=data_cfg.download,
+                                     max_images=data_cfg.max_images)
     if data_cfg.name == "folder":
         return ImageFolder(data_cfg.root, split, image_size, on_bad_image=data_cfg.on_bad_image,
                            max_images=data_cfg.max_images)
     if data_cfg.name == "digits":
         return Digits(split, image_size, max_images=data_cfg.max_images)
-    raise DataError(f"unknown dataset data.name={data_cfg.name!r}; valid: stl10, folder, digits")
+    raise DataError(f"unknown dataset data.name={data_cfg.name!r}; valid: {', '.join(CHOICES['data.name'])}")
 
 
 def build_training_dataset(cfg, seed: int) -> Dataset:
     """What pretraining reads (`cfg`: a config.Config). Views are always cut from the whole source
     image: a folder's in the DataLoader workers (crops.py: items are dicts of crops); STL-10 at its
-    native 96 px, whatever the view size, and cropped on the device (augment.py); the 8x8 digits
-    at the view size (below it, upsampling first loses nothing)."""
+    native 96 px and CIFAR at its 32 px, whatever the view size, and cropped on the device
+    (augment.py); the 8x8 digits at the view size (below it, upsampling first loses nothing)."""
     data, tf = cfg.data, cfg.data_transforms
     size = tf.input_shape[0]
     if data.name == "folder":
@@ -53,8 +62,9 @@ def build_training_dataset(cfg, seed: int) -> Dataset:
         return FolderCropViews(folder, size, tf.min_scale, seed, tf.local_crops,
                                tf.local_size or default_local_size(size), tf.local_scale)
     if data.name == "stl10":
-        from byol.data.stl10 import SIDE
-        return build_dataset(data, SIDE)
+        return build_dataset(data, STL10_SIDE)
+    if data.name in CIFARS:
+        return build_dataset(data, CIFAR_SIDE)
     return build_dataset(data, size)
 
 

@@ -10,11 +10,8 @@ then column-major (as torchvision reads them); `*_y.bin` hold one uint8 label 1.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tarfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from byol.atomic import PendingFile
+from byol.data.download import download_archive, download_once
 from byol.errors import DataError
-from byol.file_lock import held_lock
 
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"   # torchvision's constants
 MD5 = "91f7769df0f17e558f3565bffb0c7dfb"
@@ -180,64 +176,28 @@ class STL10(Dataset):
         return self._resize(torch.from_numpy(out)), torch.from_numpy(self.labels[idx])
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, 3, 96, 96] -> uint8 [N, 3, S, S] (antialiased bilinear; a no-op at 96)."""
-        if self.image_size == SIDE:
-            return images
-        resized = F.interpolate(images.float(), size=(self.image_size, self.image_size),
-                                mode="bilinear", align_corners=False, antialias=True)
-        return resized.round_().clamp_(0, 255).to(torch.uint8)
+        """uint8 [N, 3, 96, 96] -> uint8 [N, 3, S, S] (a no-op at 96)."""
+        return resize_uint8(images, self.image_size)
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> uint8 [N, 3, size, size], antialiased bilinear (CIFAR's reader uses it
+    too); the input itself when it already has that size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
+                            antialias=True)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _download_once(root: Path) -> None:
     """Download under a file lock, so that several ranks starting together fetch it once."""
-    with held_lock(root / ".stl10_download.lock", wait=True):
-        if not all((root / FOLDER / f).is_file() for f in
-                   _required_files("train+unlabeled") + _required_files("test")):
-            download_stl10(root)
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    needed = _required_files("train+unlabeled") + _required_files("test")
+    download_once(root, "stl10", lambda: all((root / FOLDER / f).is_file() for f in needed),
+                  lambda: download_stl10(root))
 
 
 def download_stl10(root, url: str | None = None, md5: str | None = None, progress: bool = True) -> Path:
-    """Fetch the official archive to ROOT, check its MD5, extract ROOT/stl10_binary/; return that.
-
-    The download streams to a temp file beside the archive (byol/atomic.py), hashed while written,
-    and is renamed into place only once the MD5 matches, so an interrupted or corrupted download
-    never passes for the archive."""
-    from tqdm import tqdm
-    url, md5 = url or URL, md5 or MD5
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / ARCHIVE
-    if not (archive.is_file() and _file_md5(archive) == md5):
-        part, digest = PendingFile(archive), hashlib.md5(usedforsecurity=False)
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(part.tmp, "wb") as out, \
-                    tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B",
-                         unit_scale=True, desc=f"downloading {ARCHIVE}", disable=not progress) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        except OSError as e:   # URLError, timeouts and disk errors are all OSErrors
-            part.discard()
-            raise DataError(f"could not download {url} to '{archive}': {e}; download and extract it "
-                            f"by hand into '{root}'") from None
-        if digest.hexdigest() != md5:
-            part.discard()
-            raise DataError(f"download of {url} is corrupted: MD5 {digest.hexdigest()}, expected {md5}; "
-                            f"try again")
-        part.commit()
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(root, filter="data")
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(f"could not extract '{archive}': {e}") from None
-    return root / FOLDER
-
+    """Fetch the official archive to ROOT, check its MD5, extract ROOT/stl10_binary/; return that
+    (byol/data/download.py: an interrupted or corrupted download never passes for the archive)."""
+    return download_archive(root, url or URL, md5 or MD5, ARCHIVE, progress) / FOLDER

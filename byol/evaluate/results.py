@@ -14,7 +14,7 @@ import numpy as np
 
 from byol.atomic import atomic_path, atomic_write_text
 
-CONFUSION_SUFFIXES = (".json", "-confusion.csv", "-confusion.npy")
+CONFUSION_SUFFIXES = (".json", "-confusion.csv", "-confusion.npy", "-predictions.npy")
 
 
 def encode(classes: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -43,6 +43,7 @@ class Tally:
         self.labels = np.union1d(self.classes, np.asarray(labels))
         self.confusion = np.zeros((len(self.labels), len(self.labels)), np.int64)
         self.n = self.hit1 = self.hit5 = 0
+        self.rows: list[np.ndarray] = []      # per block: [n, 2] (true label, predicted label), in row order
 
     def update(self, scores: np.ndarray, true_labels: np.ndarray) -> None:
         """scores [n, C] (any monotone score: probabilities, votes, logits); true_labels [n] original labels."""
@@ -55,6 +56,16 @@ class Tally:
         rows = np.searchsorted(self.labels, true_labels)
         cols = np.searchsorted(self.labels, self.classes[pred])
         np.add.at(self.confusion, (rows, cols), 1)
+        self.rows.append(np.stack([np.asarray(true_labels, np.int64), self.classes[pred].astype(np.int64)], axis=1))
+
+    def predictions(self, items: np.ndarray) -> np.ndarray:
+        """int64 [n, 3]: (dataset item, true label, predicted label) of every scored row, `items` being the
+        scored rows' dataset items in the order they were tallied (what a paired comparison of two
+        probes joins on: byol.evaluate.paired)."""
+        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, 2), np.int64)
+        if len(items) != len(rows):
+            raise ValueError(f"{len(items)} items for {len(rows)} scored rows")
+        return np.concatenate([np.asarray(items, np.int64)[:, None], rows], axis=1)
 
     def metrics(self) -> dict:
         """{"top1": %, "top5": % (only with >= 5 classes)}."""
@@ -104,8 +115,9 @@ def write_confusion_csv(path: Path, confusion: np.ndarray, labels: np.ndarray) -
 
 
 def write_results(result: dict, confusion: np.ndarray, labels: np.ndarray, directory: str | Path,
-                  name: str, overwrite: bool = False) -> dict:
-    """Write result JSON + confusion CSV/.npy under a free stem; returns result with the file paths added."""
+                  name: str, overwrite: bool = False, predictions: np.ndarray | None = None) -> dict:
+    """Write result JSON + confusion CSV/.npy (+ the per-row predictions [n, 3] of Tally.predictions as
+    `<stem>-predictions.npy`) under a free stem; returns result with the file paths added."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     while True:
@@ -117,7 +129,12 @@ def write_results(result: dict, confusion: np.ndarray, labels: np.ndarray, direc
                   confusion_npy=str(directory / f"{stem}-confusion.npy"),
                   confusion_labels=[int(v) for v in labels])
     write_confusion_csv(Path(result["confusion_csv"]), confusion, labels)
-    with atomic_path(result["confusion_npy"]) as tmp, open(tmp, "wb") as f:   # np.save(path) would add .npy
-        np.save(f, confusion)
+    arrays = {"confusion_npy": confusion}
+    if predictions is not None:
+        result["predictions_npy"] = str(directory / f"{stem}-predictions.npy")
+        arrays["predictions_npy"] = predictions
+    for key, array in arrays.items():
+        with atomic_path(result[key]) as tmp, open(tmp, "wb") as f:   # np.save(path) would add .npy
+            np.save(f, array)
     atomic_write_text(result["results_file"], json.dumps(result, indent=2) + "\n")
     return result

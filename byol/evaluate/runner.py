@@ -46,7 +46,9 @@ def _finish(method: str, data: EvalData, scores, info: dict, started: float,
 
 def _write(result: dict, tally: Tally, data: EvalData, opts: Options) -> dict:
     directory = Path(opts.results_dir) if opts.results_dir else default_dir(data.train.split_dir, "results")
-    out = write_results(result, tally.confusion, tally.labels, directory, result["method"], opts.overwrite)
+    predictions = tally.predictions(data.test.indices()[data.test_mask])   # scored in store order
+    out = write_results(result, tally.confusion, tally.labels, directory, result["method"], opts.overwrite,
+                        predictions)
     log.info("%s: top-1 %.2f%% -> %s", result["method"], result["top1"], out["results_file"])
     return out
 

@@ -195,12 +195,13 @@ class Budget:
     def __init__(self, seconds: float = 0.0, label: str = "", *, started: float = 0.0, used: float = 0.0,
                  upper: int = 0, estimating: bool = False, first_step: int = 0, is_main: bool = True,
                  steps_per_epoch: int = 1, checkpoint_interval: int = 1, knn_every: int = 0, knn_images: int = 0,
-                 batch_size: int = 1, global_batch: int = 1):
+                 batch_size: int = 1, global_batch: int = 1, epoch_checkpoints: bool = True):
         self.seconds, self.label, self.started, self.used = seconds, label, started, used
         self.upper, self.estimating, self.is_main = upper, estimating and seconds > 0, is_main
         self.first_step = first_step
         self.spe, self.ckpt_every, self.knn_every = steps_per_epoch, checkpoint_interval, knn_every
         self.knn_images, self.batch_size, self.global_batch = knn_images, batch_size, global_batch
+        self.epoch_checkpoints = epoch_checkpoints
         self.deadline = started + seconds - used
         self.checks_done, self.last_check = 0, None           # (step, clock, extra seconds) of the last sync
         self.intervals: list[tuple[int, float]] = []           # (steps, seconds) between host syncs, measured
@@ -316,8 +317,9 @@ class Budget:
 
     def extras_until(self, step: int, total: int) -> float:
         """Expected seconds of the checkpoints and kNN passes after `step` in a run ending at `total`
-        (as loop.py makes them: every checkpoint_interval, each epoch end, the end; the export)."""
-        epochs = total // self.spe - step // self.spe
+        (as loop.py makes them: every checkpoint_interval, each epoch end unless epoch_checkpoints is
+        false, the end; the export)."""
+        epochs = (total // self.spe - step // self.spe) if self.epoch_checkpoints else 0
         saves = total // self.ckpt_every - step // self.ckpt_every + epochs + (total % self.spe != 0) + 1
         knn = 0
         if self.knn_every > 0 and self.knn_images:

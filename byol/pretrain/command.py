@@ -3,6 +3,7 @@
     byol train ... is the same command as python main.py ... (both call main() below)
     python main.py                                      # ./config.yaml (STL-10, downloads if absent)
     python main.py --config configs/demo.yaml           # embedded digits dataset, no download
+    python main.py --config configs/short_cpu.yaml data.name=cifar10 trainer.max_time=2h   # a CPU budget
     python main.py trainer.max_epochs=1 data.root=/data # any section.key=value overrides the file
     python main.py data.name=folder data.root=~/photos  # your own images (class subfolders optional)
     python main.py --resume runs/byol                   # continue from runs/byol/checkpoints/last.pt
@@ -51,19 +52,15 @@ def config_for_run(config_file: str | Path | None, overrides: list[str], resume:
 
     resume=RUN_DIR continues that run: the config saved in its checkpoints/last.pt (or its
     config.yaml when it stopped before the first checkpoint) with `overrides` on top; config_file
-    is not read. Otherwise config_file (default ./config.yaml) <- overrides (with trainer.max_time: <-
-    the budget defaults for the keys neither sets, byol/pretrain/budget_defaults.py), and with
+    is not read. Otherwise config_file (default ./config.yaml) <- overrides, and with
     resume_if_found (the pipeline) a trainer.run_dir already holding checkpoints/last.pt is
     continued in the same way. trainer.device is checked against this machine here, so a wrong
     one is named as that config key before anything starts.
     """
     from byol.pretrain.checkpoint import resume_config   # torch: only commands that train get here
-    from byol.pretrain.budget_defaults import keys_set_by_user, with_budget_defaults
     cfg = None
     if resume is None:
         cfg = load_config(config_file or DEFAULT_CONFIG, overrides)
-        if cfg.trainer.max_time:     # keys you left unset take the measured short-run values
-            cfg, _ = with_budget_defaults(cfg, keys_set_by_user(config_file or DEFAULT_CONFIG, overrides))
         found = Path(cfg.trainer.run_dir) / "checkpoints" / "last.pt"
         if resume_if_found and found.is_file():
             logging.getLogger("byol").info("found %s: resuming that run", found)

@@ -31,7 +31,6 @@ from byol import distributed as dist_utils
 from byol.config import Config, save_config
 from byol.errors import Interrupted, TrainingError
 from byol.pretrain import budget as time_budget
-from byol.pretrain.budget_defaults import config_header
 from byol.pretrain.checkpoint import export_encoder
 from byol.pretrain.model import byol_loss, collapse_indicator
 from byol.pretrain.monitor import knn_top1
@@ -69,6 +68,8 @@ def run_steps(run: Run, stop: StopSignals) -> dict:
              run.cfg.data.name, run.n_images, "up to " if run.budget.estimating else "", run.schedule.total,
              t.batch_size, ctx.world_size, ctx.device, run.precision)
     t_start, last_knn = time.perf_counter(), None
+    if run.knn_sets is not None and step == 0:     # the starting weights' score: the line the curve must climb past
+        last_knn = monitor_knn(run, step, 0)
     while step < run.schedule.total:      # the total may change at a host sync (time budget: budget.py)
         epoch, skip = divmod(step, spe)
         run.start_epoch(epoch, skip)
@@ -106,15 +107,23 @@ def run_steps(run: Run, stop: StopSignals) -> dict:
         bar.close()
         done = step >= run.schedule.total
         if step % spe == 0 or done:     # epoch end
-            run.save(step)
+            if done or t.epoch_checkpoints:
+                run.save(step)
             epoch_done = math.ceil(step / spe)
             if run.knn_sets is not None and (epoch_done % t.knn_every == 0 or done):
-                with run.budget.timing("knn"):      # counts against a time budget, not as step time
-                    last_knn = knn_top1(run.online.encoder, *run.knn_sets, run.image_size, ctx.device,
-                                        k=t.knn_k, autocast=run.autocast)
-                run.metrics.write({"step": step, "epoch": epoch_done, "knn_top1": last_knn})
-                log.info("epoch %d: kNN top-1 %.2f%%", epoch_done, last_knn)
+                last_knn = monitor_knn(run, step, epoch_done)
     return finish(run, step, losses.last, last_knn, t_start)
+
+
+def monitor_knn(run: Run, step: int, epoch: int) -> float:
+    """The online kNN monitor's top-1 (%) at this step, logged and written to metrics.jsonl (epoch 0: the
+    starting weights, before the first step)."""
+    with run.budget.timing("knn"):      # counts against a time budget, not as step time
+        top1 = knn_top1(run.online.encoder, *run.knn_sets, run.image_size, run.ctx.device,
+                        k=run.cfg.trainer.knn_k, autocast=run.autocast)
+    run.metrics.write({"step": step, "epoch": epoch, "knn_top1": top1})
+    log.info("epoch %d: kNN top-1 %.2f%%%s", epoch, top1, " (starting weights)" if step == 0 else "")
+    return top1
 
 
 def train_step(run: Run, images, step: int, losses: "LossWindow"):
@@ -204,7 +213,7 @@ def follow_budget(run: Run, step: int, received: list[float]) -> None:
     if final:
         run.cfg = replace(run.cfg, trainer=replace(run.cfg.trainer, max_steps=run.schedule.total))
         if run.ctx.is_main:
-            save_config(run.cfg, run.run_dir / "config.yaml", config_header(run.cfg))
+            save_config(run.cfg, run.run_dir / "config.yaml")
 
 
 def ranks_agree(online: torch.nn.Module) -> bool:

@@ -30,8 +30,9 @@ from byol.pretrain.checkpoint import (START_ENCODER_FILE, atomic_save, export_en
 from byol.pretrain.metrics import MetricsLog
 from byol.pretrain.model import OnlineNetwork, TargetNetwork
 from byol.pretrain.budget import Budget, resolve as resolve_budget
-from byol.pretrain.budget_defaults import config_header
 from byol.pretrain.optim import Schedule, build_optimizer
+from byol.pretrain.small_input_conv import use_small_input_path
+from byol.pretrain.start_bn import write_start_bn_encoder
 from byol.stopping import ignore_stop_signals
 
 log = logging.getLogger("byol")
@@ -54,6 +55,7 @@ def resolve_precision(preference: str, device: torch.device) -> str:
 def build_networks(cfg: Config) -> tuple[OnlineNetwork, TargetNetwork | None]:
     net, size = cfg.network, cfg.data_transforms.input_shape[0]
     encoder = build_encoder(net.name, small_stem_for(cfg), net.kwargs)
+    use_small_input_path(encoder)     # exact; much faster backward where a view shrinks to 1x1 (32 px, standard stem)
     online = OnlineNetwork(encoder, encoder_dim(encoder, net.name, size),
                            net.projection_head.mlp_hidden_size, net.projection_head.projection_size,
                            net.predictor_head.mlp_hidden_size)
@@ -140,6 +142,10 @@ def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None, start
                         persistent_workers=False, worker_init_fn=ignore_stop_signals)
 
     online, target = build_networks(cfg)
+    if cfg.network.small_stem is None and small_stem_for(cfg) and device.type == "cpu" and ctx.is_main:
+        log.info("network.small_stem: auto chose the small stem for %d px views, which runs ~14x slower than the "
+                 "standard stem on a CPU; configs/short_cpu.yaml sets network.small_stem=false (README: How long "
+                 "on a CPU?)", size)
     if ctx.distributed and device.type == "cuda":
         online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(online)   # BN over the global batch
         target = TargetNetwork(online) if target is not None else None
@@ -164,7 +170,7 @@ def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None, start
 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml", config_header(cfg))
+        save_config(cfg, run_dir / "config.yaml")
         write_start_encoder(cfg, online, step, run_dir)
     metrics = MetricsLog(run_dir, ctx.is_main, t.tensorboard, resumed_step=step)
     knn_sets = None
@@ -190,6 +196,9 @@ def write_start_encoder(cfg: Config, online: OnlineNetwork, step: int, run_dir: 
     path = run_dir / START_ENCODER_FILE
     if step == 0:
         export_encoder(cfg, online, 0, path)
+        size = cfg.data_transforms.input_shape[0]      # the stronger control: BN statistics measured (start_bn.py)
+        write_start_bn_encoder(cfg, online, build_dataset(cfg.data, size), size,
+                               next(online.parameters()).device, run_dir, export_encoder)
     elif not path.is_file():
         log.info("%s has no %s (trained before byol wrote one): reports will say the starting-weights "
                  "control is missing", run_dir, START_ENCODER_FILE)
@@ -219,6 +228,7 @@ def plan_budget(cfg: Config, ctx: dist_utils.Context, schedule: Schedule, step: 
     budget = Budget(seconds, label, started=started, used=saved["used_s"] if saved else 0.0, upper=upper,
                     estimating=saved["estimating"] if saved else True, first_step=step, is_main=ctx.is_main,
                     steps_per_epoch=steps_per_epoch, checkpoint_interval=t.checkpoint_interval,
+                    epoch_checkpoints=t.epoch_checkpoints,
                     knn_every=t.knn_every, knn_images=knn_images, batch_size=t.batch_size,
                     global_batch=t.batch_size * ctx.world_size)
     if ctx.is_main:
