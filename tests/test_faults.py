@@ -177,8 +177,9 @@ runpy.run_path("main.py", run_name="__main__")
 
 def test_killed_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, reference_run):
     run = tmp_path / "run"
-    # torch.save calls: encoder-start.pt at step 0, then the checkpoints of steps 1, 2, 3; the 5th dies
-    proc = subprocess.run([sys.executable, "-c", DIE_IN_CHECKPOINT_WRITE.format(n=5), *TRAIN_ARGS,
+    # torch.save calls: encoder-start.pt and encoder-start-bn.pt at step 0, then the checkpoints of steps 1,
+    # 2, 3; the 6th (step 4's checkpoint) dies
+    proc = subprocess.run([sys.executable, "-c", DIE_IN_CHECKPOINT_WRITE.format(n=6), *TRAIN_ARGS,
                            f"trainer.run_dir={run}"], cwd=REPO, env=ENV, capture_output=True)
     assert proc.returncode == -signal.SIGKILL
     half_written = list((run / "checkpoints").glob(".last.pt.tmp-*"))
