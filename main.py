@@ -7,9 +7,9 @@
     python main.py --resume runs/byol                   # continue from runs/byol/checkpoints/last.pt
     torchrun --nproc-per-node=4 main.py                 # DDP: nccl on GPUs, gloo on CPU
 
-Full reference: byol/pretrain/command.py (`python main.py --help`).
+Full reference: byol/pretrain/train_command.py (`python main.py --help`).
 """
-from byol.pretrain.command import main
+from byol.pretrain.train_command import main
 
 if __name__ == "__main__":
     main(prog="python main.py")

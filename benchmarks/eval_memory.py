@@ -41,7 +41,7 @@ from byol.store.writer import ShardWriter, write_manifest  # noqa: E402
 
 METHODS = ("logreg", "knn", "pca-logreg", "pca-knn", "linear", "mlp")
 WRITE_ROWS = 65536
-IMPORTS = ("import sys; sys.path.insert(0, '.'); import h5py, byol.cli, byol.evaluate.runner, byol.evaluate.training, "
+IMPORTS = ("import sys; sys.path.insert(0, '.'); import h5py, byol.command_line, byol.evaluate.runner, byol.evaluate.training, "
            "byol.evaluate.head_file, byol.evaluate.logreg, byol.evaluate.neighbors, byol.evaluate.pca, "
            "sklearn.linear_model, sklearn.decomposition, sklearn.preprocessing, safetensors.numpy; "
            "assert 'torch' not in sys.modules")
@@ -99,7 +99,7 @@ def measure(cmd: list[str], log) -> tuple[float, float, dict | None]:
     return usage.ru_maxrss / 1024, seconds, result                # ru_maxrss is in KB on Linux
 
 
-def main(argv=None) -> dict:
+def parse_arguments(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="training rows")
     ap.add_argument("--test-rows", type=int, default=10_000)
@@ -116,8 +116,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--baseline-rows", type=int, default=2000, help="rows of the fixed-cost store")
     ap.add_argument("--workdir", default=None, help="where the stores go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated stores")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def main(argv=None) -> dict:
+    args = parse_arguments(argv)
     data_mb = args.rows * args.dim * 4 / 2**20
     budget_mb = args.budget_fraction * data_mb
     args.max_memory_mb = args.max_memory_mb or budget_mb

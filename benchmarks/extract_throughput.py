@@ -1,4 +1,4 @@
-"""Throughput and peak memory of `byol.extract` against the encoder alone, on STL-10-sized files.
+"""Throughput and peak memory of `byol.extract.extract_command` against the encoder alone, on STL-10-sized files.
 
     python benchmarks/extract_throughput.py --n-images 2000 20000 --arch resnet18 --batch-size 256 \\
            --image-size 96 [--throughput-images 2000 --rounds 3] [--device cuda] [--channels-last]
@@ -10,7 +10,7 @@ initialised torchvision-style checkpoint into a temp dir, then, in fresh child p
 
   throughput: --rounds alternating runs over the first --throughput-images images of
     encoder only: each uint8 batch read untimed, then eval_transform + forward timed alone;
-    extraction:   `byol.extract.extract` end to end (pread reads, forward, HDF5 writes, hashing);
+    extraction:   `byol.extract.extract_command.extract` end to end (pread reads, forward, HDF5 writes, hashing);
     the best round of each is compared (noise on a shared machine only ever slows a run down)
     (--rounds 0 skips them);
   memory: one extraction per --n-images value, each in its own process, for its peak RSS (VmHWM)
@@ -56,7 +56,7 @@ def data_overrides(args, n: int) -> list[str]:
 def warm_up(args) -> None:
     """One untimed forward of a full batch, so neither run pays for kernel selection (oneDNN/cuDNN)."""
     import torch
-    from byol.distributed import resolve_device
+    from byol.base.distributed import resolve_device
     from byol.encoders.source import EncoderSource
     from byol.encoders.build import FEATURE_DIMS, build_encoder
     source = EncoderSource(args.arch, args.image_size, FEATURE_DIMS[args.arch], "avgpool",
@@ -70,7 +70,7 @@ def encoder_only(args, n: int) -> dict:
     import torch
     from byol.config import load_config
     from byol.data import build_dataset
-    from byol.distributed import resolve_device
+    from byol.base.distributed import resolve_device
     from byol.encoders.source import load_source
     source, _ = load_source(args.checkpoint, data_overrides(args, n))
     source.to(resolve_device(args.device), args.precision, args.channels_last)
@@ -88,8 +88,8 @@ def encoder_only(args, n: int) -> dict:
 
 
 def extraction(args, n: int) -> dict:
-    """byol.extract.extract end to end (reads, forward, HDF5 writes, hashing, manifest)."""
-    from byol.extract import extract
+    """byol.extract.extract_command.extract end to end (reads, forward, HDF5 writes, hashing, manifest)."""
+    from byol.extract.extract_command import extract
     with tempfile.TemporaryDirectory(dir=args.workdir) as out:
         t0, c0 = time.perf_counter(), time.process_time()
         summary = extract(args.checkpoint, "train", out, data_overrides(args, n),

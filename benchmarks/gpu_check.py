@@ -3,6 +3,10 @@
     python benchmarks/gpu_check.py                       # on a CUDA machine: everything below
     python benchmarks/gpu_check.py --out gpu_check.json  # where the JSON goes (default ./gpu_check.json)
     python benchmarks/gpu_check.py --smoke               # tiny CPU settings: checks the script's own plumbing
+    python benchmarks/gpu_check.py --smoke --smoke-train network.name=mobilenet_v3_small \\
+                                  "network.kwargs={width_mult: 0.25}"
+                                  # its main.py runs (train_resume, ddp) with these config overrides on top:
+                                  # a network much smaller than ResNet-18, as tests/test_gpu_check.py runs it
 
 On a CUDA machine, each part in a child process with its own time limit (a failed part is recorded
 and the rest still run):
@@ -16,7 +20,7 @@ and the rest still run):
                  and ResNet-50 at 224 px; the ratio and augmentation's share of our step
   ddp            `torchrun --nproc-per-node=<GPUs>` for a few steps; every rank's weights agree
                  (one GPU: 2 CPU processes over gloo, so DDP itself still runs)
-  extraction     `byol.extract` images/s against the encoder alone (`extract_throughput.py`)
+  extraction     `byol.extract.extract_command` images/s against the encoder alone (`extract_throughput.py`)
   decoding       JPEG images/s per data-loading worker (`decode_throughput.py`), and how many workers
                  the measured training rate needs
 
@@ -71,7 +75,7 @@ def stl10_files(root: Path, n_train: int) -> Path:
     return root
 
 
-def train_overrides(root: Path, run_dir: Path, steps: int, smoke: bool) -> list[str]:
+def train_overrides(root: Path, run_dir: Path, steps: int, smoke: bool, smoke_train: list[str]) -> list[str]:
     size, batch = (32, 8) if smoke else (96, 64)
     return ["data.name=stl10", f"data.root={root}", "data.split=train", "data.download=false",
             f"data_transforms.input_shape=({size},{size},3)", f"trainer.batch_size={batch}",
@@ -79,7 +83,8 @@ def train_overrides(root: Path, run_dir: Path, steps: int, smoke: bool) -> list[
             "trainer.tensorboard=false", "trainer.checkpoint_interval=1000", f"trainer.run_dir={run_dir}",
             f"trainer.device={'cpu' if smoke else 'cuda'}", "trainer.num_workers=2",
             "trainer.precision=auto", "trainer.channels_last=true"] + (
-        ["network.projection_head.mlp_hidden_size=64", "network.projection_head.projection_size=32"] if smoke else [])
+        ["network.projection_head.mlp_hidden_size=64", "network.projection_head.projection_size=32",
+         *smoke_train] if smoke else [])
 
 
 def part_cuda_tests(smoke: bool) -> dict:
@@ -89,9 +94,10 @@ def part_cuda_tests(smoke: bool) -> dict:
     return res
 
 
-def part_train_resume(tmp: Path, smoke: bool) -> dict:
+def part_train_resume(tmp: Path, smoke: bool, smoke_train: list[str]) -> dict:
     root, run_dir = stl10_files(tmp / "stl", 64 * 60 if not smoke else 64), tmp / "run"
-    first = run([sys.executable, "main.py", *train_overrides(root, run_dir, 50 if not smoke else 2, smoke)], 240)
+    overrides = train_overrides(root, run_dir, 50 if not smoke else 2, smoke, smoke_train)
+    first = run([sys.executable, "main.py", *overrides], 240)
     if not first["ok"]:
         return {"ok": False, "first": first}
     second = run([sys.executable, "main.py", "--resume", str(run_dir),
@@ -148,10 +154,11 @@ def part_throughput(smoke: bool, device: str) -> dict:
     return {"ok": all(r["ours"]["ok"] for r in rows), "rows": rows}
 
 
-def part_ddp(tmp: Path, smoke: bool, n_gpus: int) -> dict:
+def part_ddp(tmp: Path, smoke: bool, n_gpus: int, smoke_train: list[str]) -> dict:
     root, run_dir = stl10_files(tmp / "stl-ddp", 256), tmp / "run-ddp"
     on_gpus = not smoke and n_gpus >= 2
-    overrides = [o for o in train_overrides(root, run_dir, 5, smoke) if not o.startswith("trainer.device")]
+    overrides = [o for o in train_overrides(root, run_dir, 5, smoke, smoke_train)
+                 if not o.startswith("trainer.device")]
     overrides.append(f"trainer.device={'cuda' if on_gpus else 'cpu'}")
     nproc = n_gpus if on_gpus else 2
     res = run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
@@ -203,6 +210,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU settings (what runs without CUDA)")
+    ap.add_argument("--smoke-train", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="smoke runs only (ignored on a GPU): config overrides on top of its main.py runs' "
+                         "(train_resume, ddp), e.g. a smaller network than ResNet-18")
     ap.add_argument("--child-peer", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child_peer:
@@ -222,9 +232,9 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         parts["cuda_tests"] = part_cuda_tests(smoke)
-        parts["train_resume"] = part_train_resume(tmp, smoke)
+        parts["train_resume"] = part_train_resume(tmp, smoke, a.smoke_train)
         parts["throughput"] = part_throughput(smoke, device)
-        parts["ddp"] = part_ddp(tmp, smoke, n_gpus)
+        parts["ddp"] = part_ddp(tmp, smoke, n_gpus, a.smoke_train)
         parts["extraction"] = part_extraction(smoke, device)
         rates = [r["ours"]["img_per_s"] for r in parts["throughput"]["rows"] if r["ours"].get("ok")]
         parts["decoding"] = part_decoding(smoke, rates)

@@ -19,7 +19,7 @@ each as its own command (each plans to end well inside 10 minutes, the two insid
 Stages: pretrain (byol.pretrain.loop.train: configs/short_cpu.yaml plus GPU_RECIPE below, 32 px
 views, bf16, channels_last, augmentation on the device) for --budget seconds (trainer.max_time:
 the LR and EMA schedules end with the budget); extract train and test for the trained encoder, the
-untrained one and raw pixels (byol.extract); score logreg and kNN on each (byol.evaluate.runner;
+untrained one and raw pixels (byol.extract.extract_command); score logreg and kNN on each (byol.evaluate.runner;
 pixels: PCA to 128 first). Prints a table, writes --out and prints the
 same JSON as its last line. target_met: BYOL's kNN top-1 >= 80% on the subset's test images.
 """
@@ -179,7 +179,7 @@ def pretrain(recipe: Path, settings: list[str], workdir: Path, budget: float, sm
 
 def stores(summary: dict, recipe: Path, settings: list[str], workdir: Path, smoke: bool) -> dict:
     """Feature stores of train and test for the trained encoder, the step-0 one and raw pixels."""
-    from byol.extract import extract
+    from byol.extract.extract_command import extract
     from byol.pretrain.checkpoint import START_ENCODER_FILE
     run_dir = Path(summary["run_dir"])
     start = run_dir / START_ENCODER_FILE

@@ -18,7 +18,7 @@ control too; and encoder-start-bn.pt, the same weights with BN statistics measur
 images) at the same size: what pretraining added;
 raw pixels with PCA (128 components) + logistic regression and PCA + kNN, at the views' size (like
 for like) and at the images' native size (--pixel-size). The margins and the verdict are
-byol/verdict.py's, as in the pipeline's report: each feature set's best of logistic regression and
+byol/report/verdict.py's, as in the pipeline's report: each feature set's best of logistic regression and
 kNN, picked on validation, with a 95% interval from a paired bootstrap over the test rows.
 Hyper-parameters are chosen on a validation split of train, never on test. Untrained and pixel
 stores are kept in WORKDIR/baselines and reused by later rows. Add trainer.knn_every=N for the
@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from byol.config import load_config, small_stem_for  # noqa: E402
 from byol.evaluate.options import Options  # noqa: E402
 from byol.evaluate.runner import run_baseline, run_head  # noqa: E402
-from byol.extract import extract  # noqa: E402
+from byol.extract.extract_command import extract  # noqa: E402
 from byol.store import FeatureStore  # noqa: E402
 from byol.pretrain.checkpoint import START_ENCODER_FILE  # noqa: E402
 from byol.pretrain.start_bn import START_BN_ENCODER_FILE  # noqa: E402
-from byol.report import plot_training, read_metrics  # noqa: E402
-from byol.verdict import validation_top1, verdict  # noqa: E402
+from byol.report.report_command import plot_training, read_metrics  # noqa: E402
+from byol.report.verdict import validation_top1, verdict  # noqa: E402
 from byol.pretrain.loop import train  # noqa: E402
 from byol.pretrain.optim import base_ema_rate  # noqa: E402
 
@@ -116,6 +116,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--pixel-baselines", action=argparse.BooleanOptionalAction, default=True,
                     help="--no-pixel-baselines skips the PCA rows (they do not depend on the pretraining "
                          "settings; once computed they are reused from WORKDIR/baselines anyway)")
+    ap.add_argument("--pca-solver", choices=("auto", "covariance", "incremental"), default="auto",
+                    help="the pixel baselines' PCA (byol/evaluate/pca.py; auto: covariance up to 4096-d). "
+                    "The covariance solver's eigendecomposition costs the same whatever the rows (seconds at "
+                    "32 px); incremental is cheaper when the probe set has far fewer rows than pixels (--eval-subset)")
     ap.add_argument("--eval-subset", type=int, default=0, metavar="N", help="> 0: evaluate every row on N "
                     "train and N/2 test images per class (a quick probe to rank settings; pretraining still "
                     "reads all of train/); 0: the full splits")
@@ -153,7 +157,8 @@ def extract_all(args: argparse.Namespace, encoder: Path, run_dir: Path, eval_set
     return stores, controls, pixel_sizes
 
 
-def score_all(stores: dict, controls: dict, pixel_sizes: list[int], run_dir: Path) -> tuple[dict, dict]:
+def score_all(stores: dict, controls: dict, pixel_sizes: list[int], run_dir: Path,
+              pca_solver: str = "auto") -> tuple[dict, dict]:
     """Every row's top-1 (the printed JSON's *_top1 keys) and the verdict's results dict (its keys:
     logreg, knn, start-*, start-bn-*, pca-*; of the two pixel sizes, the better on validation)."""
     out: dict = {"eval_images": {"train": len(FeatureStore.open(stores["byol_train"])),
@@ -173,7 +178,7 @@ def score_all(stores: dict, controls: dict, pixel_sizes: list[int], run_dir: Pat
         scored(f"{prefix}_", "start-" if name == "init" else "start-bn-", stores[f"{name}_train"],
                stores[f"{name}_test"], run_dir / f"{prefix}_results")
     for px in pixel_sizes:
-        opts = Options(results_dir=str(run_dir / f"pixel{px}_results"), overwrite=True)
+        opts = Options(results_dir=str(run_dir / f"pixel{px}_results"), overwrite=True, pca_solver=pca_solver)
         for method in ("pca-logreg", "pca-knn"):
             result = run_baseline(method, stores[f"pixels{px}_train"], stores[f"pixels{px}_test"], opts)
             out[f"pixels{px}_{method.replace('-', '_')}_top1"] = round(result["top1"], 2)
@@ -226,7 +231,7 @@ def main() -> None:
     pretrain_s = time.perf_counter() - t
 
     stores, controls, pixel_sizes = extract_all(args, summary["encoder"], run_dir, eval_settings, s, recipe)
-    out, results = score_all(stores, controls, pixel_sizes, run_dir)
+    out, results = score_all(stores, controls, pixel_sizes, run_dir, args.pca_solver)
     out.update(verdict_fields(results), image_size=s, small_stem=small_stem_for(cfg))
     if not args.encoder:
         out.update(pretrain_minutes=round(pretrain_s / 60, 1), steps=summary["steps"],

@@ -3,11 +3,15 @@
     from byol import BYOL      # wrap any nn.Module: loss = learner(images); learner.update_target()
     from byol import train     # the full trainer: byol.train(byol.load_config("config.yaml"))
 
-The stages, one package each (see the README's layout section):
+The stages, one package each, bottom up (see the README's layout section; tests/test_imports.py
+keeps every import pointing down this list):
 
-    byol.data       datasets and augmentation          byol.pretrain   BYOL model, optimisers, loop
-    byol.encoders   building and loading encoders      byol.store      the HDF5 feature store
-    byol.evaluate   heads, logreg, kNN, PCA on stores  (torch-free)
+    byol.base       errors, atomic writes, locks, signals, devices, durations, the kNN core
+    byol.config     the one config schema            byol.store      the HDF5 feature store
+    byol.data       datasets and augmentation        byol.encoders   building and loading encoders
+    byol.evaluate   heads, logreg, kNN, PCA on stores (torch-free)
+    byol.pretrain   BYOL model, optimisers, loop     byol.extract    encoders over images -> stores
+    byol.report     report.md, verdict, gallery      byol.pipeline   all of it in one command
 
 Importing this package imports nothing heavy (`import byol.evaluate` must not pull in torch):
 the public names below are loaded on first use.

@@ -1,4 +1,4 @@
-"""`python -m byol SUBCOMMAND ...`: the same as the `byol` console script (byol/commands.py)."""
-from byol.commands import main
+"""`python -m byol SUBCOMMAND ...`: the same as the `byol` console script (byol/subcommands.py)."""
+from byol.subcommands import main
 
 main()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from byol.data.augment import BYOLViews, eval_transform
 from byol.encoders.families import feature_dim, strip_classifier
-from byol.errors import ConfigError
+from byol.base.errors import ConfigError
 from byol.pretrain.model import OnlineNetwork, TargetNetwork, byol_loss
 
 

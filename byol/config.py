@@ -19,9 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from byol.atomic import atomic_write_text
-from byol.encoders.names import is_resnet_name
-from byol.errors import ConfigError
+from byol.base.atomic import atomic_write_text
+from byol.base.durations import parse_duration
+from byol.base.errors import ConfigError
+from byol.encoders.names import check_network_name, is_resnet_name
 
 
 @dataclass
@@ -81,10 +82,10 @@ class Trainer:
     epoch_checkpoints: bool = True   # false: no checkpoint at epoch ends (the interval's and the last still written)
     max_epochs: int = 80
     max_steps: int = 0               # >0 stops after this many steps (overrides max_epochs)
-    max_time: float | str = 0        # time budget: 90s | 45m | 2h | 1h30m | seconds | slurm (this job's time
+    max_time: float | str = 0.0      # time budget: 90s | 45m | 2h | 1h30m | seconds | slurm (this job's time
                                      # left); 0 = off. Sets the steps so the schedules end at it (max_epochs
                                      # and max_steps become upper bounds); the chosen total is saved as max_steps
-    max_time_margin: float | str = "5m"   # max_time=slurm: time kept back for the last checkpoint and export
+    max_time_margin: float | str = 300.0  # (5m) max_time=slurm: time kept back for the last checkpoint and export
     num_workers: int = 4             # DataLoader workers (image decoding / file reads)
     run_dir: str = "runs/byol"
     seed: int = 0
@@ -298,25 +299,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'optimizer.predictor_lr_scale': must be > 0, got {cfg.optimizer.predictor_lr_scale}")
     if cfg.optimizer.params.lr <= 0:
         raise ConfigError(f"config key 'optimizer.params.lr': must be > 0, got {cfg.optimizer.params.lr}")
-    from byol.pretrain.budget import check_settings    # torch-free (byol.pretrain loads lazily)
-    check_settings(cfg.trainer)
+    # durations parsed here, once: every later reader gets seconds (a float) or "slurm"
+    t = cfg.trainer
+    slurm = str(t.max_time).strip().lower() == "slurm"
+    t.max_time = "slurm" if slurm else parse_duration(t.max_time, "trainer.max_time", ", 0 (off) or slurm")
+    t.max_time_margin = parse_duration(t.max_time_margin, "trainer.max_time_margin")
     check_network_name(cfg.network.name)
     return cfg
-
-
-def check_network_name(name: str) -> None:
-    """An unknown network is an error when the config loads, not minutes later. The default ResNets
-    are known without importing torchvision; timm names are checked when timm builds them."""
-    if is_resnet_name(name) or name.startswith("timm:"):
-        return
-    import torchvision.models as models     # only for other names: a config load stays cheap
-    known = name in models.list_models(module=models)
-    is_class = isinstance(getattr(models, name, None), type)
-    if not (known or is_class):
-        raise ConfigError(f"config key 'network.name': unknown network {name!r}; use a torchvision classification "
-                          f"builder (resnet18, convnext_tiny, efficientnet_b0, mobilenet_v3_small, vit_b_16, swin_t, "
-                          f"...: torchvision.models.list_models()), a torchvision model class with network.kwargs "
-                          f"(e.g. VisionTransformer), or timm:NAME")
 
 
 def from_dict(values: dict) -> Config:

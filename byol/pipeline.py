@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from byol.atomic import atomic_write_text
-from byol.cli import DEFAULT_CONFIG, add_config_arguments, check_overrides, parse_arguments, run_command
-from byol.pretrain.command import config_for_run
+from byol.base.atomic import atomic_write_text
+from byol.command_line import DEFAULT_CONFIG, add_config_arguments, check_overrides, parse_arguments, run_command
+from byol.pretrain.train_command import config_for_run
 
 log = logging.getLogger("byol")
 
@@ -43,13 +43,14 @@ def git_revision() -> str:
 
 def run_pipeline(config_file: str | None, overrides: list[str], head_epochs: int = 30) -> dict:
     """config_file (None: ./config.yaml) <- overrides; a run_dir holding checkpoints/last.pt resumes."""
-    from byol.pretrain.checkpoint import START_ENCODER_FILE, library_versions
+    from byol.base.provenance import library_versions
+    from byol.pretrain.checkpoint import START_ENCODER_FILE
     from byol.pretrain.start_bn import START_BN_ENCODER_FILE
     from byol.evaluate.options import Options
     from byol.evaluate.runner import run_baseline, run_head
-    from byol.extract import extract
-    from byol.report import write_report
-    from byol.verdict import verdict
+    from byol.extract.extract_command import extract
+    from byol.report.report_command import write_report
+    from byol.report.verdict import verdict
     from byol.pretrain.loop import train
 
     config_file = config_file or DEFAULT_CONFIG    # the pixel stores read it too

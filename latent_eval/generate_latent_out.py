@@ -13,14 +13,14 @@
 Inputs: images, folders, .txt lists, split:NAME. Outputs (--format): store (default; shards like
 `python -m byol.extract`), npy or csv; --head adds a trained head's outputs. Checkpoints load with
 weights_only=True (--trust-checkpoint allows pickle code). A stopped store resumes: run the same
-command again. The full reference follows in --help (byol/latent.py's docstring).
+command again. The full reference follows in --help (byol/extract/latent_command.py's docstring).
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout, uninstalled
 
-from byol.latent import main  # noqa: E402
+from byol.extract.latent_command import main  # noqa: E402
 
 if __name__ == "__main__":
     main(doc=__doc__)

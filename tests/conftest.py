@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from byol.pipeline import run_pipeline
-from testkit import TINY, clusters, write_store
+from testkit import TINY_RESNET, clusters, write_store
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINE_TINY = ["data.max_images=0", "data_transforms.input_shape=(16,16,3)",
+PIPELINE_TINY = ["data.max_images=360", "data_transforms.input_shape=(16,16,3)", "network.small_stem=false",
                  "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
                  "trainer.batch_size=64", "trainer.max_steps=2", "trainer.knn_every=1", "trainer.progress=false",
                  "trainer.tensorboard=false"]
@@ -31,7 +31,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """One tiny pretraining run (TINY, 1 step) for every test that needs a real checkpoint:
+    """One tiny pretraining run (TINY_RESNET, 1 step: the tests that read it are about ResNet-18 files) for every test that needs a real checkpoint:
     RUN/config.yaml, RUN/checkpoints/last.pt, RUN/encoder.pt and whatever else training writes.
 
     Shared by the whole session, so READ ONLY: a test that changes it takes `trained_run_copy`.
@@ -40,7 +40,7 @@ def trained_run(tmp_path_factory):
     from byol.config import load_config
     from byol.pretrain.loop import train
     run = tmp_path_factory.mktemp("trained") / "run"
-    train(load_config(None, TINY + [f"trainer.run_dir={run}", "trainer.max_steps=1"]))
+    train(load_config(None, TINY_RESNET + [f"trainer.run_dir={run}", "trainer.max_steps=1"]))
     before = _digests(run)
     yield run
     assert _digests(run) == before, f"a test changed the shared trained run {run}: use trained_run_copy"

@@ -11,13 +11,13 @@ import torch.nn as nn
 from byol import BYOL
 from byol.config import load_config
 from byol.encoders.build import build_encoder
-from byol.errors import ConfigError
-from byol.export import export
-from byol.extract import extract
-from byol.latent import generate
+from byol.base.errors import ConfigError
+from byol.extract.export_command import export
+from byol.extract.extract_command import extract
+from byol.extract.latent_command import generate
 from byol.pretrain.loop import train
 from byol.store import FeatureStore
-from testkit import TINY
+from testkit import TINY_DATA
 
 SMALL_VIT = ("network.kwargs={image_size: 32, patch_size: 8, num_layers: 2, num_heads: 2, "
              "hidden_dim: 32, mlp_dim: 64}")
@@ -34,7 +34,7 @@ BACKBONES = {   # network overrides -> feature dim the encoder must have
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_backbone_trains_and_extracts(name, tmp_path):
     overrides, dim = BACKBONES[name]
-    cfg = load_config(None, [*TINY, "data.max_images=32", "trainer.batch_size=8", "trainer.max_steps=1",
+    cfg = load_config(None, [*TINY_DATA, "data.max_images=32", "trainer.batch_size=8", "trainer.max_steps=1",
                              "trainer.knn_every=1", f"trainer.run_dir={tmp_path / 'run'}", *overrides])
     summary = train(cfg)
     assert summary["steps"] == 1 and np.isfinite(summary["final_loss"])
@@ -63,7 +63,7 @@ def test_unknown_networks_and_misplaced_options_are_one_line_errors(tmp_path):
         build_encoder("convnext_tiny", small_stem=True)
     with pytest.raises(ConfigError, match="no classifier rule for squeezenet1_0"):
         build_encoder("squeezenet1_0")
-    cfg = load_config(None, [*TINY, "network.name=vit_b_16", "trainer.max_steps=1",
+    cfg = load_config(None, [*TINY_DATA, "network.name=vit_b_16", "trainer.max_steps=1",
                              f"trainer.run_dir={tmp_path / 'run'}"])          # vit_b_16 wants 224 px, gets 32
     with pytest.raises(ConfigError, match="vit_b_16 cannot take 32x32 images"):
         train(cfg)

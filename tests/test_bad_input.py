@@ -6,7 +6,7 @@ blobs in git) and ends in one of three documented outcomes:
     converted  read as documented: RGB, upright by EXIF, white under transparency, 16-bit scaled to 8
 
 Images go through `python -m byol.extract --encoder pixels` so that the stored values can be
-checked; checkpoints through `byol.extract` and `main.py --resume`; configs through `load_config`
+checked; checkpoints through `byol.extract.extract_command` and `main.py --resume`; configs through `load_config`
 (property-based: random keys and values). Feature-store corruption (flipped bytes, missing shard,
 manifest disagreeing with its shards, wrong dimensions, encoders or labels) is covered in
 test_store.py and test_evaluate.py.
@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from byol.config import Config, from_dict, load_config, to_dict
-from byol.errors import ConfigError
-from byol.extract import main as extract_main
+from byol.base.errors import ConfigError
+from byol.extract.extract_command import main as extract_main
 from byol.store import FeatureStore
 
 from testkit import REPO, run_main

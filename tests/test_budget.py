@@ -16,13 +16,14 @@ from datetime import datetime, timedelta
 import pytest
 import torch
 
+from byol.base import durations
 import byol.pretrain.loop as loop
 from byol.config import load_config
-from byol.errors import ConfigError, Interrupted
+from byol.base.errors import ConfigError, Interrupted
 from byol.pretrain import budget
 from byol.pretrain.checkpoint import load_training_checkpoint, resume_config
-from byol.pretrain.command import config_for_run
-from byol.pretrain.command import main as train_main
+from byol.pretrain.train_command import config_for_run
+from byol.pretrain.train_command import main as train_main
 from byol.pretrain.loop import train
 from byol.pretrain.optim import Schedule, base_ema_rate
 
@@ -195,11 +196,13 @@ def test_bad_values_are_one_line_errors_naming_the_key(override, words, tmp_path
 def test_durations():
     for text, seconds in [("90s", 90), ("45m", 2700), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), (90, 90),
                           ("120", 120), (0, 0)]:
-        assert budget.parse_duration(text, "trainer.max_time") == seconds
+        assert durations.parse_duration(text, "trainer.max_time") == seconds
     for bad in ("soon", "1h1h", "m", "-1m", "1d"):
         with pytest.raises(ConfigError, match="trainer.max_time"):
-            budget.parse_duration(bad, "trainer.max_time")
-    assert budget.describe(5400) == "1h30m" and budget.describe(90) == "1m30s"
+            durations.parse_duration(bad, "trainer.max_time")
+        with pytest.raises(ConfigError, match="config key 'trainer.max_time'"):     # the schema's one parse
+            load_config(None, [f"trainer.max_time={bad}"])
+    assert durations.describe(5400) == "1h30m" and durations.describe(90) == "1m30s"
 
 
 def fake_command(folder, name: str, output: str):

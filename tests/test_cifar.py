@@ -23,7 +23,7 @@ from byol.data import cifar as cifar_module
 from byol.data.batches import read_rows
 from byol.data.cifar import CIFAR10, CIFAR100, FILES, download_cifar
 from byol.data.stl10 import resize_uint8
-from byol.errors import ConfigError, DataError
+from byol.base.errors import ConfigError, DataError
 
 from testkit import TINY
 

@@ -1,5 +1,5 @@
-"""One command-line path (byol/cli.py): shared flags with one default, one override syntax, the
-fresh-or-resume decision (training's command, byol/pretrain/command.py), and device errors named by
+"""One command-line path (byol/command_line.py): shared flags with one default, one override syntax, the
+fresh-or-resume decision (training's command, byol/pretrain/train_command.py), and device errors named by
 the flag or key that held the value.
 
 Parsers are built and entry points called in-process (a Python start with torch costs seconds)."""
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from byol import cli
+from byol import command_line as cli
 from byol.config import load_config, to_dict
-from byol.distributed import DeviceError, resolve_device
-from byol.errors import ConfigError
+from byol.base.distributed import DeviceError, resolve_device
+from byol.base.errors import ConfigError
 from byol.evaluate.options import Options, add_baseline_arguments, add_common_arguments, add_head_arguments
-from byol.pretrain import command as train_command
+from byol.pretrain import train_command
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -24,9 +24,9 @@ DEMO = str(REPO / "configs" / "demo.yaml")
 
 def parsers():
     """{command: (parser, the arguments it needs besides overrides)}."""
-    from byol import extract, latent, pipeline
-    from byol.pretrain import command
-    return {"main": (command.build_parser(), ["--resume", "runs/byol"]),
+    from byol import pipeline
+    from byol.extract import extract_command as extract, latent_command as latent
+    return {"main": (train_command.build_parser(), ["--resume", "runs/byol"]),
             "pipeline": (pipeline.build_parser(), ["--head-epochs", "2"]),
             "extract": (extract.build_parser(), ["enc.pt", "--out", "features/"]),
             "latent": (latent.build_parser(), ["--checkpoint", "enc.pt", "--input", "a.jpg", "--out", "l"])}
@@ -34,7 +34,8 @@ def parsers():
 
 def run_entry(capsys, command: str, argv: list[str]) -> tuple[int, str]:
     """Call a command's main(argv) in-process; (exit code, stderr)."""
-    from byol import extract, latent, pipeline
+    from byol import pipeline
+    from byol.extract import extract_command as extract, latent_command as latent
     main = {"main": train_command.main, "pipeline": pipeline.main, "extract": extract.main,
             "latent": latent.main}[command]
     capsys.readouterr()
@@ -166,6 +167,6 @@ def test_fresh_or_resume_is_decided_once(tmp_path):
 
 
 def test_cli_and_evaluation_options_never_import_torch():
-    code = "import sys, byol.cli, byol.evaluate.options; print('torch' in sys.modules)"
+    code = "import sys, byol.command_line, byol.evaluate.options; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

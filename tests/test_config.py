@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from byol.config import Config, from_dict, load_config, save_config, to_dict
-from byol.errors import ConfigError
+from byol.base.errors import ConfigError
 
 SEED_CONFIG = """\
 network:

@@ -17,7 +17,7 @@ from byol.data import stl10 as stl10_module
 from byol.config import Data
 from byol.data.digits import Digits
 from byol.data import build_dataset, dataset_labels
-from byol.errors import DataError
+from byol.base.errors import DataError
 from byol.data.image_folder import ImageFolder
 from byol.data.stl10 import RECORD, STL10, download_stl10
 

@@ -10,24 +10,24 @@ import pytest
 import torch
 import torchvision
 
-from byol.atomic import file_sha256
+from byol.base.atomic import file_sha256
 from byol.config import load_config
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol.encoders.build import build_encoder
 from byol.encoders.files import load_encoder
 from byol.encoders.source import load_source
-from byol.errors import CheckpointError
-from byol.export import export
-from byol.extract import extract
-from byol.latent import generate
-from byol.pretrain.checkpoint import export_encoder, load_training_checkpoint
+from byol.base.errors import CheckpointError
+from byol.extract.export_command import export
+from byol.extract.extract_command import extract
+from byol.extract.latent_command import generate
+from byol.pretrain.checkpoint import write_encoder_files, load_training_checkpoint
 from byol.pretrain.loop import train
 from byol.pretrain.setup import build_networks
 from byol.store import FeatureStore
 
-from testkit import TINY
+from testkit import TINY_RESNET
 
-SMALL = TINY + ["data.max_images=16", "data_transforms.input_shape=(16,16,3)", "trainer.batch_size=8",
+SMALL = TINY_RESNET + ["data.max_images=16", "data_transforms.input_shape=(16,16,3)", "trainer.batch_size=8",
                 "trainer.max_steps=1"]
 FAST = dict(rows_per_shard=8, batch_size=8, progress=False)
 
@@ -170,7 +170,7 @@ def test_small_stem_encoder_fails_loudly_in_a_plain_resnet18(tmp_path):
     cfg = load_config(None, SMALL + ["network.small_stem=true", f"trainer.run_dir={tmp_path}"])
     torch.manual_seed(0)
     online, _ = build_networks(cfg)
-    path = export_encoder(cfg, online, 0, tmp_path / "encoder.pt")
+    path = write_encoder_files(cfg, online, 0, tmp_path / "encoder.pt")
     assert json.loads((tmp_path / "encoder.json").read_text())["small_stem"] is True
     state = torch.load(path, weights_only=True)
     with pytest.raises(RuntimeError, match=r"size mismatch for conv1\.weight"):

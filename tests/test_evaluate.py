@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from byol.base import knn as knn_core
 from byol.evaluate import neighbors
 from byol.evaluate.blocks import fit_standardizer, iter_rows, rebatch
 from byol.evaluate.logreg import evaluate_logreg
-from byol.evaluate.neighbors import evaluate_knn, running_topk, uniform_vote, weighted_vote
+from byol.base.knn import running_topk, uniform_vote, weighted_vote
+from byol.evaluate.neighbors import evaluate_knn
 from byol.evaluate.pca import fit_projector
 from byol.evaluate.results import Tally, write_results
 from byol.evaluate.runner import run_baseline, run_head
@@ -106,7 +108,7 @@ def test_streaming_knn_equals_sklearn(overlapping, monkeypatch, metric):
     from sklearn.neighbors import KNeighborsClassifier
 
     monkeypatch.setattr(neighbors, "QUERY_BYTES", 40 * 10 * 4)    # 40-query chunks: several bank passes
-    monkeypatch.setattr(neighbors, "SUB_ROWS", 7)
+    monkeypatch.setattr(knn_core, "SUB_ROWS", 7)
     train, test, (xtr, ytr, xte, yte) = overlapping
     data = prepare(train, test, val_fraction=0.0)
     opts = replace(FAST, val_fraction=0.0, k=7, metric=metric, knn_weighting="uniform")

@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from byol.errors import StoreError
+from byol.base.errors import StoreError
 from byol.evaluate.runner import run_baseline
 
-from testkit import ATTRS, FAST, SETTINGS, clusters, run_cli, write_store
+from testkit import ATTRS, FAST, REPO, SETTINGS, clusters, run_main, write_store
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
@@ -70,29 +70,31 @@ def test_corrupt_shard_caught_while_reading_without_verify(tmp_path):
 
 # ---- command line ---------------------------------------------------------------------------------------
 
-def test_cli_entry_points_print_the_json_last_line(separable):
+def test_cli_entry_points_print_the_json_last_line(separable, capsys):
+    # the scripts run in this process (runpy, as __main__): what they print is under test, not the process
+    # (that evaluation runs without torch is proven by real processes in test_evaluate.py and test_heads.py)
     train, test = separable
-    proc = run_cli("eval/baselines.py", "--train", train, "--test", test, "--method", "all", "--block-rows", 64,
-                   "--C-grid", "0.1,1", "--k-grid", "1,5")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
+    code, out, err = run_main(REPO / "eval/baselines.py", ["--train", train, "--test", test, "--method", "all",
+                                                            "--block-rows", 64, "--C-grid", "0.1,1", "--k-grid", "1,5"], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary["method"] == "all" and set(summary["top1"]) == {"logreg", "knn", "pca-logreg", "pca-knn"}
     assert [json.loads(line)["method"] for line in lines[:-1]] == ["logreg", "knn", "pca-logreg", "pca-knn"]
     assert all(v == 100.0 for v in summary["top1"].values())
-    proc = run_cli("eval/load_and_train.py", "--train", train, "--test", test, "--head", "mlp", "--epochs", 3,
-                   "--hidden", "16", "--lr", 0.01)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, out, err = run_main(REPO / "eval/load_and_train.py", ["--train", train, "--test", test, "--head", "mlp",
+                                                                 "--epochs", 3, "--hidden", "16", "--lr", 0.01], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
     for key in ("method", "top1", "top5", "n_train", "n_test", "seconds", "streams", "selected", "head_file"):
         assert key in result
     assert result["method"] == "mlp" and result["n_train"] == 300 and result["n_test"] == 100
     assert Path(result["head_file"]) == train.parent / "heads" / "mlp.safetensors"
 
 
-def test_cli_bad_input_exits_2_with_one_line(tmp_path):
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     train, test = bad_case(tmp_path, "dim")
-    proc = run_cli("eval/baselines.py", "--train", train, "--test", test, "--method", "knn")
-    assert proc.returncode == 2 and proc.stdout == ""
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    code, out, err = run_main(REPO / "eval/baselines.py", ["--train", train, "--test", test, "--method", "knn"], capsys)
+    assert code == 2 and out == ""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "dim 8 vs 4" in errors[0] and str(train) in errors[0]

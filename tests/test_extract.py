@@ -12,11 +12,11 @@ import torchvision
 from PIL import Image
 
 import byol.store.sink as shard_sink_module
-from byol.atomic import file_sha256
+from byol.base.atomic import file_sha256
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from byol.data.digits import Digits
-from byol.errors import StoreError
-from byol.extract import extract, main
+from byol.base.errors import StoreError
+from byol.extract.extract_command import extract, main
 from byol.encoders.build import build_encoder
 from byol.data.stl10 import STL10
 from byol.store import FeatureStore, shard_name

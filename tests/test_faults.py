@@ -26,18 +26,18 @@ import h5py
 import pytest
 import torch
 
-import byol.atomic as atomic_module
+import byol.base.atomic as atomic_module
 import byol.pretrain.checkpoint as ckpt_module
-from byol.atomic import file_sha256
+from byol.base.atomic import file_sha256
 from byol.config import load_config
-from byol.errors import StoreError, WriteError
+from byol.base.errors import StoreError, WriteError
 from byol.evaluate.head_file import head_record, save_head
 from byol.evaluate.heads import build_head
-from byol.extract import extract
+from byol.extract.extract_command import extract
 from byol.store import FeatureStore
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
-from byol.file_lock import exclusive_writer
+from byol.base.file_lock import exclusive_writer
 
 from testkit import REPO, TINY
 

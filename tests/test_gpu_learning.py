@@ -2,13 +2,18 @@
 the smoke run on what it packed; the JSON holds every field the GPU run fills."""
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
-from testkit import run_cli
+from testkit import TINY_NETWORK, run_main
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_learning.py"
 
 CLASSES = ("red", "green", "blue")
 TOP1 = {"byol-logreg", "byol-knn", "start-logreg", "start-knn", "pixels-logreg", "pixels-knn"}
@@ -35,13 +40,20 @@ def write_tar(path: Path, n_train: int, n_test: int) -> Path:
     return path
 
 
-def test_pack_then_smoke(tmp_path):
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_pack_then_smoke(tmp_path, capsys, monkeypatch):
+    # The script runs in this process, as `python benchmarks/gpu_learning.py ARGS` would (its exit
+    # status and output included): a child process would add seconds of imports to each call.
+    monkeypatch.setattr(sys, "path", list(sys.path))          # the script puts the checkout first
+    monkeypatch.setenv("TQDM_DISABLE", "1")                   # it sets this for itself: restored after
     source, packed = write_tar(tmp_path / "cifar.tar", n_train=10, n_test=5), tmp_path / "gpu_data" / "cifar10"
-    pack = ["benchmarks/gpu_learning.py", "--pack", "--source", source, "--data", packed,
-            "--train-per-class", 8, "--test-per-class", 4]
-    done = run_cli(*pack, timeout=60)
-    assert done.returncode == 0, done.stderr[-3000:]
-    first = done.last_json
+    pack = ["--pack", "--source", source, "--data", packed, "--train-per-class", 8, "--test-per-class", 4]
+    code, stdout, stderr = run_main(SCRIPT, pack, capsys)
+    assert code == 0, stderr[-3000:]
+    first = last_json(stdout)
     assert first["reused"] is False and first["images"] == {"train": 24, "test": 12}
     assert first["classes"] == sorted(CLASSES)
     assert sorted(p.name for p in (packed / "train" / "red").iterdir()) == [f"{i:04d}.jpg" for i in range(8)]
@@ -49,17 +61,28 @@ def test_pack_then_smoke(tmp_path):
         tarfile.open(source).extractfile("cifar10/train/red/0000.jpg").read()       # bytes as they are
     assert first["bytes"] == sum(p.stat().st_size for p in packed.rglob("*.jpg"))
     assert not [p for p in packed.parent.iterdir() if p.name != "cifar10"]         # no temp folder left
-    assert run_cli(*pack, timeout=60).last_json["reused"] is True                  # idempotent
-    other = run_cli(*pack[:-1], 3, timeout=60).last_json                            # other counts: repacked
+    assert last_json(run_main(SCRIPT, pack, capsys)[1])["reused"] is True        # idempotent
+    other = last_json(run_main(SCRIPT, [*pack[:-1], 3], capsys)[1])               # other counts: repacked
     assert other["reused"] is False and other["images"] == {"train": 24, "test": 9}
     assert len(list((packed / "test").rglob("*.jpg"))) == 9
 
     out = tmp_path / "gpu_learning.json"
-    done = run_cli("benchmarks/gpu_learning.py", "--smoke", "--data", packed, "--workdir", tmp_path / "work",
-                   "--out", out, "--smoke-per-class", 8, timeout=300, env={"CUDA_VISIBLE_DEVICES": ""})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # The tests' tiny network (a recipe override, as any run may add): ResNet-18's checkpoints and
+    # feature passes cost seconds, and the smoke run proves the stages' plumbing, not the network.
+    # One thread for torch and BLAS: on a shared 2-core machine, threads that wait for one another
+    # make tiny work many times slower (the pixel PCA's 768 x 768 eigh: 6 s, not 0.2 s); nothing
+    # below depends on the thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            code, stdout, stderr = run_main(SCRIPT, ["--smoke", "--data", packed, "--workdir", tmp_path / "work",
+                                                     "--out", out, "--smoke-per-class", 8, *TINY_NETWORK], capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
     result = json.loads(out.read_text())
-    assert done.last_json == result
+    assert last_json(stdout) == result
     assert set(result) == FIELDS
     assert result["smoke"] is True and result["gpu_busy_share"] is None and result["steps"] == 3
     assert result["images"] == {"train": 24, "test": 9} and result["image_size"] == 16
@@ -70,13 +93,14 @@ def test_pack_then_smoke(tmp_path):
     assert result["margins"] == {f"{m}_over_{b}": round(top1[f"byol-{m}"] - top1[f"{b}-{m}"], 2)
                                  for m in ("logreg", "knn") for b in ("start", "pixels")}
     assert result["target_met"] is (top1["byol-knn"] >= 80.0)
-    assert "GPU learning proof on CPU (smoke)" in done.stdout
+    assert "GPU learning proof on CPU (smoke)" in stdout
     # without --smoke, no CUDA is a one-line error (the device check must not pass for a GPU run)
-    refused = run_cli("benchmarks/gpu_learning.py", "--data", packed, "--workdir", tmp_path / "work2", "--out",
-                      tmp_path / "refused.json", timeout=120, env={"CUDA_VISIBLE_DEVICES": ""})
-    assert refused.returncode == 1 and not (tmp_path / "refused.json").exists()
-    assert refused.stderr.strip().splitlines() == ["error: no CUDA device visible: the GPU learning proof needs one "
-                                                   "(--smoke runs its stages at tiny CPU settings)"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, stdout, stderr = run_main(SCRIPT, ["--data", packed, "--workdir", tmp_path / "work2", "--out",
+                                             tmp_path / "refused.json"], capsys)
+    assert code == 1 and not (tmp_path / "refused.json").exists()
+    assert stderr.strip().splitlines() == ["error: no CUDA device visible: the GPU learning proof needs one "
+                                           "(--smoke runs its stages at tiny CPU settings)"]
     # the untrained rows come from the run's own step-0 encoder
     start = json.loads((tmp_path / "work" / "run" / "encoder-start.json").read_text())
     assert start["step"] == 0

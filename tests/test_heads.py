@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from byol.errors import CheckpointError
+from byol.base.errors import CheckpointError
 from byol.evaluate.blocks import fit_standardizer, iter_rows
 from byol.evaluate.head_file import head_record, load_head, save_head
 from byol.evaluate.heads import build_head, cross_entropy, head_outputs

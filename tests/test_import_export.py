@@ -15,8 +15,8 @@ from torch import nn
 
 from byol.encoders.files import encoder_state_from, load_file
 from byol.encoders.foreign import STHALLES_CHILDREN
-from byol.errors import CheckpointError
-from byol.export import export
+from byol.base.errors import CheckpointError
+from byol.extract.export_command import export
 from byol.encoders.build import build_encoder
 
 from testkit import write_encoder
@@ -190,7 +190,7 @@ def test_export_on_a_full_disk_is_one_clear_line_and_leaves_no_file(encoder_pt, 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)    # get EFBIG from write() instead of a signal
         resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))     # the file is ~45 MB
     out = tmp_path / "out" / "enc.ts"
-    proc = subprocess.run([sys.executable, "-m", "byol.export", str(encoder_pt), "--format", "torchscript",
+    proc = subprocess.run([sys.executable, "-m", "byol", "export", str(encoder_pt), "--format", "torchscript",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, preexec_fn=limit_file_size)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"error: could not write '{out}': File too large" in proc.stderr and "Traceback" not in proc.stderr
@@ -199,7 +199,7 @@ def test_export_on_a_full_disk_is_one_clear_line_and_leaves_no_file(encoder_pt, 
 
 def test_export_onnx_cli(encoder_pt, tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="pip install onnx onnxscript onnxruntime (test extra)")
-    from byol.export import main
+    from byol.extract.export_command import main
     main([str(encoder_pt), "--format", "onnx", "--out", str(tmp_path / "enc.onnx")])   # in-process: faster
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["format"] == "onnx" and summary["max_abs_diff"] <= 1e-4
@@ -217,7 +217,7 @@ def test_export_refuses_a_pickled_checkpoint(tmp_path, capsys):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     evil.write_bytes(_malicious_bytes(marker))
-    from byol.export import main   # in-process (tests/test_latent.py runs a real subprocess)
+    from byol.extract.export_command import main   # in-process (tests/test_latent.py runs a real subprocess)
     with pytest.raises(SystemExit) as exit_:
         main([str(evil), "--format", "torchscript", "--out", str(tmp_path / "x.ts")])
     assert exit_.value.code == 2 and "--trust-checkpoint" in capsys.readouterr().err and not marker.exists()

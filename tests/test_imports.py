@@ -1,12 +1,14 @@
 """The design's import rules (imports point down the stream; the README's layout section), read
 from the source with `ast`, nothing imported:
 
+- imports point down the house: every module has a level (LEVELS below, the README's layout
+  table), and no import, at module level or inside a function, reaches a higher level;
 - no import cycle among byol's modules at module level (top-level imports; `if TYPE_CHECKING:`
   blocks aside), so any module can be the first one imported;
 - no module uses another module's private (`_underscore`) names, imported or as an attribute;
-- byol/evaluate/ and byol/store/ never import the command-line module (byol.cli), not even inside
+- byol/evaluate/ and byol/store/ never import the command-line module (byol.command_line), not even inside
   a function;
-- byol/cli.py imports nothing from byol.pretrain (training's command owns fresh-or-resume).
+- byol/command_line.py imports nothing from byol.pretrain (training's command owns fresh-or-resume).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND_LINE = "byol.cli"
+COMMAND_LINE = "byol.command_line"
 
 
 def module_name(path: Path) -> str:
@@ -70,6 +72,26 @@ def imports(module: str, nodes) -> list[tuple[str, str | None, str]]:
     return [f for f in found if f[0] == "byol" or f[0].startswith("byol.")]
 
 
+# The house, bottom up: a module may import its own level and the levels below it, never above.
+# The longest matching prefix gives a module's level; every module must match one.
+LEVELS = {
+    "byol": 0, "byol.base": 0,                      # the ground floor (the package root holds only __version__)
+    "byol.config": 1, "byol.encoders.names": 1,     # the schema, and the network-name facts it checks
+    "byol.command_line": 2, "byol.store": 2,        # every command's conventions; the HDF5 feature store
+    "byol.data": 3, "byol.encoders": 3, "byol.evaluate": 3,   # images in; networks; probes over stores
+    "byol.pretrain": 4,
+    "byol.extract": 5,
+    "byol.report": 6,
+    "byol.api": 7, "byol.pipeline": 7, "byol.eval_command": 7, "byol.subcommands": 7, "byol.__main__": 7,
+}
+
+
+def level(module: str) -> int:
+    prefixes = [p for p in LEVELS if module == p or module.startswith(p + ".")]
+    assert prefixes, f"{module} has no level: add it (or its package) to LEVELS in tests/test_imports.py"
+    return LEVELS[max(prefixes, key=len)]
+
+
 TREES = {name: ast.parse(path.read_text(encoding="utf-8"), str(path)) for name, path in MODULES.items()}
 ALL_IMPORTS = {name: imports(name, ast.walk(tree)) for name, tree in TREES.items()}
 
@@ -102,10 +124,28 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def upward_imports(all_imports: dict[str, list[tuple[str, str | None, str]]]) -> list[str]:
+    """'module (level a) -> imported (level b)' for every import from a lower level to a higher one."""
+    return [f"{name} (level {level(name)}) imports {target} (level {level(target)})"
+            for name, found in all_imports.items() for target, _, _ in found
+            if target in MODULES and level(target) > level(name)]
+
+
+def test_imports_point_down_the_levels():
+    assert {level(name) for name in MODULES} == set(LEVELS.values())     # every level holds a module
+    assert upward_imports(ALL_IMPORTS) == []
+
+
+def test_the_level_rule_catches_a_planted_upward_import():
+    """The check above is not vacuous: the ground floor importing training, even inside a function, fails."""
+    planted = {**ALL_IMPORTS, "byol.base.atomic": [*ALL_IMPORTS["byol.base.atomic"], ("byol.pretrain.loop", None, "loop")]}
+    assert upward_imports(planted) == ["byol.base.atomic (level 0) imports byol.pretrain.loop (level 4)"]
+
+
 def test_no_import_cycle_at_module_level():
     graph = {name: {target for target, _, _ in imports(name, top_level(tree.body)) if target in MODULES}
              for name, tree in TREES.items()}
-    assert "byol.config" in graph and graph["byol.cli"]          # the walk found the modules and their imports
+    assert "byol.config" in graph and graph["byol.command_line"]          # the walk found the modules and their imports
     assert cycles(graph) == []
 
 

@@ -1,5 +1,5 @@
 """latent_eval/generate_latent_out.py: latent vectors of files, folders, lists and splits, equal to
-`byol.extract`'s; odd images converted or reported; store/npy/csv outputs; heads; --strict; a
+`byol.extract.extract_command`'s; odd images converted or reported; store/npy/csv outputs; heads; --strict; a
 stopped store resumed without --overwrite; no pickle code run (CPU, seconds)."""
 import json
 import time
@@ -13,13 +13,13 @@ from PIL import Image
 
 from byol.evaluate.head_file import head_record, save_head
 from byol.evaluate.heads import build_head, head_outputs
-from byol.extract import extract
-from byol.latent import generate, main as latent_main
-from byol.errors import ConfigError, StoreError
+from byol.extract.extract_command import extract
+from byol.extract.latent_command import generate, main as latent_main
+from byol.base.errors import ConfigError, StoreError
 from byol.store import FeatureStore, ShardSink
 from byol.encoders.build import build_encoder
 
-from testkit import REPO, TINY, run_cli, run_main, write_encoder
+from testkit import REPO, TINY_RESNET, run_cli, run_main, write_encoder
 
 SCRIPT = REPO / "latent_eval" / "generate_latent_out.py"
 GOOD = ["cls/rgb.jpg", "cls/gray.png", "rgba.png", "cmyk.jpg", "deep16.png", "tiny.png", "large.jpg",
@@ -37,7 +37,7 @@ def encoder_pt(tmp_path_factory):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return write_encoder(path, net, TINY, step=1)
+    return write_encoder(path, net, TINY_RESNET, step=1)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from byol.verdict import verdict
+from byol.report.verdict import verdict
 
 from testkit import REPO, run_main
 
@@ -35,8 +35,13 @@ def write_folder(root: Path) -> Path:
 
 
 def run_check(capsys, data: Path, workdir: Path, *flags: str) -> dict:
-    """The script run as __main__ in this process (a subprocess would spend seconds importing torch)."""
-    argv = ["--data", data, "--workdir", workdir, "--minutes", "0.01", "--batch-size", "8", *flags,
+    """The script run as __main__ in this process (a subprocess would spend seconds importing torch).
+
+    --pca-solver incremental: the default covariance solver eigendecomposes a 3,072 x 3,072 matrix per PCA
+    fit (seconds each, four fits a test) where these 32-row stores need an SVD of 32 rows; the rows,
+    their files and the margins are the same either way (the solvers' agreement: tests/test_evaluate.py)."""
+    argv = ["--data", data, "--workdir", workdir, "--minutes", "0.01", "--batch-size", "8", "--pca-solver",
+            "incremental", *flags,
             "network.projection_head.mlp_hidden_size=32", "network.projection_head.projection_size=16",
             "trainer.progress=false"]
     code, out, err = run_main(REPO / "benchmarks" / "learning_check.py", argv, capsys)
@@ -58,7 +63,7 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path, caps
     assert not any(k.startswith("pixels16") for k in out)        # the recipe's 32 px views = the images' size
     # colour alone separates the classes: the pixel baselines must find it
     assert out["pixels32_pca_logreg_top1"] == 100.0
-    # the margins are the verdict's (byol/verdict.py), as in the pipeline's report, on the files the run wrote
+    # the margins are the verdict's (byol/report/verdict.py), as in the pipeline's report, on the files the run wrote
     run = tmp_path / "work" / "runs" / "run"
     results = {key: json.loads((run / folder_name / f"{method}.json").read_text())
                for key, folder_name, method in [
@@ -67,6 +72,7 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path, caps
                    ("start-bn-knn", "random_init_bn_results", "knn"),
                    ("start-bn-logreg", "random_init_bn_results", "logreg"),
                    ("pca-knn", "pixel32_results", "pca-knn"), ("pca-logreg", "pixel32_results", "pca-logreg")]}
+    assert results["pca-logreg"]["pca_solver"] == "incremental"      # --pca-solver reached the PCA
     decided = verdict(results)
     assert out["verdict"] == decided["sentence"] and out["best_control"] == decided["start"]["key"]
     assert (out["margin_over_random_init"], out["interval_over_random_init"]) == \
@@ -115,7 +121,9 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path, caps
 
 
 def test_learning_check_skips_the_rows_it_is_told_to(folder, tmp_path, capsys):
-    out = run_check(capsys, folder, tmp_path / "work", "--no-pixel-baselines", "--no-random-init-baseline")
+    # one step: what is skipped does not depend on how long it trained (the time budget: the test above)
+    out = run_check(capsys, folder, tmp_path / "work", "--no-pixel-baselines", "--no-random-init-baseline",
+                    "--steps", "1")
     assert {"linear_top1", "knn_top1"} <= out.keys()
     assert not any(k.startswith(("pixels", "random_init_", "margin", "interval", "best_")) or k == "verdict"
                    for k in out)

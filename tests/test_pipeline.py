@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from byol.report import write_report
+from byol.report.report_command import write_report
 
 from testkit import run_cli
 

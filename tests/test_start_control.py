@@ -11,16 +11,16 @@ import torch
 
 from byol.config import load_config
 from byol.encoders.files import load_encoder
-from byol.gallery import query_rows, write_gallery
-from byol.projector import stratified_rows
+from byol.report.gallery import query_rows, write_gallery
+from byol.report.projector import stratified_rows
 from byol.pretrain import loop
-from byol.report import write_report
+from byol.report.report_command import write_report
 
-from testkit import TINY, write_store
+from testkit import TINY, TINY_RESNET, write_store
 
 
-def _train_capturing_start(run_dir: Path, *overrides: str) -> dict:
-    """Train TINY for 2 steps; returns the online encoder's state as the first step received it."""
+def _train_capturing_start(run_dir: Path, *overrides: str, base: list[str] = TINY) -> dict:
+    """Train `base` for 2 steps; returns the online encoder's state as the first step received it."""
     seen = {}
     real_step = loop.train_step
 
@@ -31,7 +31,7 @@ def _train_capturing_start(run_dir: Path, *overrides: str) -> dict:
 
     loop.train_step = spy
     try:
-        loop.train(load_config(None, TINY + [f"trainer.run_dir={run_dir}", "trainer.max_steps=2", *overrides]))
+        loop.train(load_config(None, base + [f"trainer.run_dir={run_dir}", "trainer.max_steps=2", *overrides]))
     finally:
         loop.train_step = real_step
     return seen
@@ -54,7 +54,8 @@ def test_start_file_is_the_network_before_the_first_step(tmp_path):
 
 def test_start_file_of_a_fine_tuned_run_is_the_checkpoint_it_started_from(trained_run, tmp_path):
     pretrained = trained_run / "encoder.pt"
-    before_first_step = _train_capturing_start(tmp_path / "ft", f"network.fine_tune_from={pretrained}")
+    before_first_step = _train_capturing_start(tmp_path / "ft", f"network.fine_tune_from={pretrained}",
+                                               base=TINY_RESNET)          # trained_run is a ResNet-18
     start, _ = load_encoder(tmp_path / "ft" / "encoder-start.pt")
     _assert_bitwise_equal(start, before_first_step)
     _assert_bitwise_equal(start, load_encoder(pretrained)[0])      # the control is what BYOL started from
@@ -114,7 +115,7 @@ def test_gallery_neighbours_are_the_knn_codes_on_a_store_with_known_neighbours(t
 
 
 def test_gallery_refuses_stores_of_different_images(tmp_path):
-    from byol.errors import StoreError
+    from byol.base.errors import StoreError
     x = np.eye(4, dtype=np.float32)
     train = write_store(tmp_path / "b" / "train", x, np.arange(4), 4, attrs={**DIGITS_ATTRS, "split": "train"})
     test = write_store(tmp_path / "b" / "test", x[:2], np.arange(2), 2, indices=[0, 1],
@@ -177,8 +178,8 @@ def test_pipeline_report_has_the_control_the_verdict_the_gallery_and_the_project
 
 
 def test_the_report_says_what_is_missing_when_the_gallery_cannot_be_drawn(pipeline_run, tmp_path, monkeypatch):
-    from byol.errors import DataError
-    import byol.gallery
+    from byol.base.errors import DataError
+    import byol.report.gallery
     run = Path(shutil.copytree(pipeline_run[0], tmp_path / "run"))
     pipeline = json.loads((run / "pipeline.json").read_text())
     pipeline["stores"] = {k: v.replace(str(pipeline_run[0]), str(run)) for k, v in pipeline["stores"].items()}
@@ -186,7 +187,7 @@ def test_the_report_says_what_is_missing_when_the_gallery_cannot_be_drawn(pipeli
 
     def gone(*args, **kwargs):
         raise DataError("image folder '/data/moved' not found")
-    monkeypatch.setattr(byol.gallery, "write_gallery", gone)
+    monkeypatch.setattr(byol.report.gallery, "write_gallery", gone)
     (run / "neighbors.png").unlink()
     report = write_report(run).read_text()
     assert "*No neighbour gallery or projector: image folder '/data/moved' not found*" in report

@@ -23,10 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from byol.atomic import file_sha256
+from byol.base.atomic import file_sha256
 from byol.config import load_config
-from byol.extract import extract
-from byol.latent import generate
+from byol.extract.extract_command import extract
+from byol.extract.latent_command import generate
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
 
@@ -208,8 +208,8 @@ def slow_put(self, *args, **kwargs):     # 40 ms a batch: the signal lands mid-e
     time.sleep(0.04)
     return real_put(self, *args, **kwargs)
 sink.ShardSink.put = slow_put
-sys.argv = ["byol.extract"] + sys.argv[1:]
-runpy.run_module("byol.extract", run_name="__main__", alter_sys=True)
+sys.argv = ["byol.extract.extract_command"] + sys.argv[1:]
+runpy.run_module("byol.extract.extract_command", run_name="__main__", alter_sys=True)
 """
 
 
@@ -261,8 +261,8 @@ def test_latent_store_stopped_by_a_group_signal_resumes_to_the_uninterrupted_sto
                                                                                       images):
     out, bad = tmp_path / "latents", tmp_path / "empty.png"
     bad.write_bytes(b"")                               # input 0: skipped, before the point the rerun resumes at
-    slow = SLOW_SINK.replace('"byol.extract"] +', '"generate_latent_out.py"] +').replace(
-        'runpy.run_module("byol.extract", run_name="__main__", alter_sys=True)',
+    slow = SLOW_SINK.replace('"byol.extract.extract_command"] +', '"generate_latent_out.py"] +').replace(
+        'runpy.run_module("byol.extract.extract_command", run_name="__main__", alter_sys=True)',
         'runpy.run_path("latent_eval/generate_latent_out.py", run_name="__main__")')
     args = ["--checkpoint", str(encoder), "--input", str(bad), str(images), "--out", str(out), "--batch-size", "2",
             "--rows-per-shard", "4", "--num-workers", "2", "--no-progress"]

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from byol.atomic import file_sha256
-from byol.errors import StoreError
+from byol.base.atomic import file_sha256
+from byol.base.errors import StoreError
 from byol.store import FeatureStore, check_compatible, shard_name
 from byol.store.writer import ShardWriter, write_manifest
 

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from byol.errors import StoreError
+from byol.base.errors import StoreError
 from byol.store import (FEATURE_ATTRS, FEATURE_SETTINGS, MAX_CHUNK_BYTES, FeatureStore, ShardWriter,
                         check_compatible, chunk_rows, shard_name, write_manifest)
 from byol.store.resume import keep_finished_shards, prepare_split_dir, shard_count, shard_rows

@@ -1,11 +1,11 @@
-"""The verdict (byol/verdict.py): margins with a paired 95% interval over the test rows
+"""The verdict (byol/report/verdict.py): margins with a paired 95% interval over the test rows
 (byol/evaluate/paired.py), each feature set's best probe picked on validation, the stronger of the
 two starting-weights controls, and wording that calls noise noise."""
 import numpy as np
 import pytest
 
 from byol.evaluate.paired import match_rows, paired_difference
-from byol.verdict import verdict
+from byol.report.verdict import verdict
 
 N = 4000
 

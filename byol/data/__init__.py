@@ -24,7 +24,7 @@ from byol.data.digits import Digits
 from byol.data.image_folder import ImageFolder
 from byol.data.stl10 import SIDE as STL10_SIDE
 from byol.data.stl10 import STL10
-from byol.errors import DataError
+from byol.base.errors import DataError
 
 __all__ = ["CIFAR10", "CIFAR100", "Digits", "FolderCropViews", "ImageFolder", "STL10", "build_dataset",
            "build_training_dataset", "dataset_labels"]

@@ -1,7 +1,7 @@
 """Rows of a dataset read ahead of the consumer, in plan order (extraction and latent vectors).
 
 Batches come from a background thread (datasets with `get_batch`: STL-10 read with pread, digits in
-memory; byol/background.py) or from DataLoader worker processes (image files, whose decoding is
+memory; byol/base/background.py) or from DataLoader worker processes (image files, whose decoding is
 CPU-bound). A dataset may also read its rows itself (`read_rows(start, stop) -> Rows`): latent
 vectors' input list does, leaving out the files that are not images (`Rows.skipped`).
 """
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from byol.background import in_background
-from byol.stopping import ignore_stop_signals, iterate
+from byol.base.background import in_background
+from byol.base.stopping import ignore_stop_signals, iterate
 
 
 @dataclass
@@ -71,7 +71,7 @@ def default_workers(dataset) -> int:
 def iter_batches(dataset, ranges: list[tuple[int, int]], num_workers: int, depth: int = 3):
     """Yield Rows for each range [start, stop) of the plan, in plan order, read ahead of the consumer."""
     plan = _Plan(dataset, ranges)
-    if num_workers > 0:     # workers leave stop signals to this process (byol/stopping.py)
+    if num_workers > 0:     # workers leave stop signals to this process (byol/base/stopping.py)
         yield from iterate(DataLoader(plan, batch_size=None, shuffle=False, num_workers=num_workers,
                                       prefetch_factor=depth, persistent_workers=False,
                                       worker_init_fn=ignore_stop_signals))

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from byol.data.download import download_archive, download_once
 from byol.data.stl10 import resize_uint8
-from byol.errors import DataError
+from byol.base.errors import DataError
 
 try:
     from numpy._core.multiarray import _reconstruct

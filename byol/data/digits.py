@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from byol.errors import DataError
+from byol.base.errors import DataError
 
 DIGITS_SPLITS = ("train", "test", "train+unlabeled", "unlabeled", "all")
 

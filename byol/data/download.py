@@ -1,8 +1,8 @@
 """The official dataset archives (STL-10, CIFAR): fetched once, MD5-checked, extracted safely.
 
-The download streams to a temp file beside the archive (byol/atomic.py), hashed while written, and
+The download streams to a temp file beside the archive (byol/base/atomic.py), hashed while written, and
 is renamed into place only once the MD5 matches, so an interrupted or corrupted download never
-passes for the archive. Several ranks starting together wait on one file lock (byol/file_lock.py)
+passes for the archive. Several ranks starting together wait on one file lock (byol/base/file_lock.py)
 and only the first fetches; the others find the files in place.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from byol.atomic import PendingFile
-from byol.errors import DataError
-from byol.file_lock import held_lock
+from byol.base.atomic import PendingFile
+from byol.base.errors import DataError
+from byol.base.file_lock import held_lock
 
 
 def download_once(root: Path, name: str, present: Callable[[], bool], fetch: Callable[[], object]) -> None:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from byol.errors import DataError
+from byol.base.errors import DataError
 
 log = logging.getLogger("byol")
 

@@ -1,6 +1,6 @@
 """Latent vectors' inputs as one dataset: image files and dataset splits, in the order given.
 
-`expand_inputs` turns --input arguments (files, folders, LIST.txt, split:NAME: byol/latent.py) into
+`expand_inputs` turns --input arguments (files, folders, LIST.txt, split:NAME: byol/extract/latent_command.py) into
 entries. Row i of `InputList` is input i: an image file, decoded as image folders decode them
 (`decode_image`) or, where it cannot be (missing, zero bytes, not an image, truncated, over
 Pillow's decompression-bomb limit), skipped with the reason; or one row of a dataset split, with
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from byol.data.batches import Rows, read_rows
 from byol.data.image_folder import EXTENSIONS, decode_image, find_images
-from byol.errors import ConfigError
+from byol.base.errors import ConfigError
 
 log = logging.getLogger("byol")
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from byol.data.download import download_archive, download_once
-from byol.errors import DataError
+from byol.base.errors import DataError
 
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"   # torchvision's constants
 MD5 = "91f7769df0f17e558f3565bffb0c7dfb"

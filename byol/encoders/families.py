@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from byol.encoders.names import is_resnet_name
-from byol.errors import ConfigError
+from byol.encoders.names import check_network_name, is_resnet_name
+from byol.base.errors import ConfigError
 
 CLASSIFIER_ATTRS = ("fc", "classifier", "heads", "head")
 # Builders whose defaults return auxiliary outputs in train mode; an encoder needs one tensor.
@@ -51,16 +51,12 @@ def build_classifier_model(name: str, kwargs: dict | None = None) -> nn.Module:
         except RuntimeError as e:   # timm: "Unknown model (...)"
             raise ConfigError(f"config key 'network.name': {name!r}: {first_line(e)}; "
                               f"see timm.list_models()") from None
+    check_network_name(name)           # names read from encoder files never passed the config schema
     if name in torchvision_names():
         builder, kwargs = torchvision.models.get_model_builder(name), {**BUILDER_DEFAULTS.get(name, {}), **kwargs}
         kwargs.setdefault("weights", None)
-    else:
-        builder = getattr(torchvision.models, name, None)
-        if not (isinstance(builder, type) and issubclass(builder, nn.Module)):
-            raise ConfigError(f"config key 'network.name': unknown network {name!r}; use a torchvision "
-                              f"classification builder (resnet18, convnext_tiny, efficientnet_b0, mobilenet_v3_small, "
-                              f"vit_b_16, swin_t, ...: torchvision.models.list_models()), a torchvision model class "
-                              f"with network.kwargs (e.g. VisionTransformer), or timm:NAME")
+    else:                               # a model class, built with network.kwargs
+        builder = getattr(torchvision.models, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)   # GoogLeNet/Inception init-weights notices

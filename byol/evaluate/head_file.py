@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.atomic import atomic_write_bytes
-from byol.errors import CheckpointError, ConfigError
+from byol.base.atomic import atomic_write_bytes
+from byol.base.errors import CheckpointError, ConfigError
 from byol.evaluate.heads import Head, build_head
 from byol.store.format import to_json
 

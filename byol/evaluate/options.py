@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
-from byol.errors import ConfigError
+from byol.base.errors import ConfigError
 from byol.evaluate.blocks import DEFAULT_BLOCK_ROWS
 
 METHODS = ("logreg", "knn", "pca-logreg", "pca-knn")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.atomic import atomic_path, atomic_write_text
+from byol.base.atomic import atomic_path, atomic_write_text
 
 CONFUSION_SUFFIXES = (".json", "-confusion.csv", "-confusion.npy", "-predictions.npy")
 

@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from byol.errors import ConfigError
+from byol.base.errors import ConfigError
 from byol.evaluate.blocks import fit_standardizer
 from byol.evaluate.options import METHODS, Options
 from byol.evaluate.results import Tally, default_dir, free_stem, write_results

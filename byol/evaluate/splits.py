@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.errors import StoreError
+from byol.base.errors import StoreError
 from byol.evaluate.results import encode
 from byol.store import FeatureStore, check_compatible
 

@@ -2,8 +2,7 @@
 optimisers and schedules (`optim.py`), checkpoint format (`checkpoint.py`), metrics log
 (`metrics.py`), kNN monitor (`monitor.py`) and time budget (`budget.py`).
 
-`train` and `resume_config` load on first use: the config schema validates trainer.max_time with
-`byol.pretrain.budget`, which must not pull in torch for the torch-free stages."""
+`train` and `resume_config` load on first use, so importing the package stays cheap."""
 __all__ = ["resume_config", "train"]
 
 _PUBLIC = {"resume_config": "byol.pretrain.checkpoint", "train": "byol.pretrain.loop"}

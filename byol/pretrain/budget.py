@@ -43,7 +43,6 @@ The estimate (rank 0 measures and decides; every rank applies the decision at th
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import shutil
@@ -53,7 +52,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Callable
 
-from byol.errors import ConfigError
+from byol.base.durations import describe
+from byol.base.errors import ConfigError
 
 clock: Callable[[], float] = time.monotonic     # the budget's clock (tests put a fake one here)
 log = logging.getLogger("byol")
@@ -63,49 +63,9 @@ MEASURE_FROM = 2                # the first steps carry start-up costs: the rate
 MIN_STEPS = 3                   # measured steps before the first estimate
 TOLERANCE = 0.01                # a correction smaller than this (relative) keeps the current total
 KNN_IMAGE_COST = 0.25           # a kNN image (one forward pass) vs a training image, until a pass is timed
-UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
-DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([hms])")
-EXAMPLES = "90s, 45m, 2h, 1h30m, a number of seconds"
 
 
-# --------------------------------------------------------------------------- durations and Slurm
-def parse_duration(value, key: str) -> float:
-    """'90s', '45m', '2h', '1h30m', 90 or '90' -> seconds; ConfigError naming `key` otherwise."""
-    if isinstance(value, bool):
-        value = str(value)
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = str(value).strip().lower().replace(" ", "")
-        try:
-            seconds = float(text)
-        except ValueError:
-            parts = DURATION.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text or len({u for _, u in parts}) != len(parts):
-                raise ConfigError(f"config key '{key}': {value!r} is not a duration; use e.g. {EXAMPLES}"
-                                  + (", 0 (off) or slurm" if key == "trainer.max_time" else "")) from None
-            seconds = sum(float(n) * UNITS[u] for n, u in parts)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(f"config key '{key}': must be >= 0 (0 = off), got {value!r}")
-    return seconds
-
-
-def check_settings(trainer) -> None:
-    """trainer.max_time and max_time_margin readable (config validation; Slurm is asked only at the start)."""
-    if str(trainer.max_time).strip().lower() != "slurm":
-        parse_duration(trainer.max_time, "trainer.max_time")
-    parse_duration(trainer.max_time_margin, "trainer.max_time_margin")
-
-
-def describe(seconds: float) -> str:
-    """4530 -> '1h15m30s', 90 -> '1m30s', 0.5 -> '0.5s'."""
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    s = round(seconds)
-    h, m, sec = s // 3600, s // 60 % 60, s % 60
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v) or "0s"
-
-
+# --------------------------------------------------------------------------- Slurm
 def _end_time(text: str) -> float | None:
     """Slurm's end time ('2024-05-01T14:32:10', local time) as a UNIX timestamp; None for 'Unknown', 'N/A' ..."""
     try:
@@ -139,9 +99,8 @@ def resolve(trainer, env: dict | None = None, ask: bool = True) -> tuple[float, 
     """(budget seconds, how the log names it) for trainer.max_time; (0, '') when off. `slurm`:
     the time left in this Slurm job less trainer.max_time_margin; ConfigError outside a job.
     ask=False (ranks other than 0, which only follow rank 0's decisions) does not query Slurm."""
-    value = trainer.max_time
-    if str(value).strip().lower() != "slurm":
-        seconds = parse_duration(value, "trainer.max_time")
+    if trainer.max_time != "slurm":          # the schema parsed it: seconds, or "slurm"
+        seconds = float(trainer.max_time)
         return seconds, (describe(seconds) if seconds else "")
     env = dict(os.environ if env is None else env)
     job = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
@@ -154,7 +113,7 @@ def resolve(trainer, env: dict | None = None, ask: bool = True) -> tuple[float, 
     if end is None:
         raise ConfigError(f"config key 'trainer.max_time': Slurm job {job} reports no end time (squeue/scontrol "
                           f"not found, or a job without a time limit); give a duration such as trainer.max_time=45m")
-    margin = parse_duration(trainer.max_time_margin, "trainer.max_time_margin")
+    margin = float(trainer.max_time_margin)
     left = end - time.time()
     if left - margin <= 0:
         raise ConfigError(f"config key 'trainer.max_time': Slurm job {job} has {describe(max(0.0, left))} left, "

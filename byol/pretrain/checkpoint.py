@@ -12,7 +12,7 @@ A training checkpoint (`last.pt`) is a plain dict of tensors and primitives:
             schedule: {total, start, lr_start, ema_start}}: the chosen total and the schedule's
             anchor (optim.Schedule), so --resume continues it without measuring again
 
-The encoder alone is three files, written in this order by `export_encoder`:
+The encoder alone is three files, written in this order by `write_encoder_files`:
 
     encoder.pt           a PLAIN state dict, torchvision key names, CPU tensors only:
                          `torchvision.models.resnet18().load_state_dict(sd, strict=False)` misses
@@ -38,25 +38,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 import safetensors.torch
 
-from byol import __version__
-from byol.atomic import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
+from byol.base.provenance import library_versions
+from byol.base.atomic import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
 from byol.config import Config, load_config, small_stem_for, to_dict
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol.encoders.files import ENCODER_FORMAT, load_file, metadata_path
-from byol.errors import CheckpointError, ConfigError
+from byol.base.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:   # model.py imports nothing from here, but the annotation needs no runtime import
     from byol.pretrain.model import OnlineNetwork
 
 
 ENCODER_FILE, START_ENCODER_FILE = "encoder.pt", "encoder-start.pt"   # in RUN_DIR
-
-
-def library_versions() -> dict:
-    return {"byol": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
 def atomic_save(obj, path: str | Path) -> Path:
@@ -110,7 +105,7 @@ def make_checkpoint(cfg, online, target, optimizer, scaler, step, steps_per_epoc
     }
 
 
-def export_encoder(cfg: Config, online: OnlineNetwork, step: int, path: Path) -> Path:
+def write_encoder_files(cfg: Config, online: OnlineNetwork, step: int, path: Path) -> Path:
     """encoder.pt (plain torchvision-named state dict), encoder.safetensors, then encoder.json.
 
     The json comes last and records both files' SHA-256: an export cut short leaves weights whose

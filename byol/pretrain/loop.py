@@ -27,16 +27,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from byol import distributed as dist_utils
+from byol.base import distributed as dist_utils
 from byol.config import Config, save_config
-from byol.errors import Interrupted, TrainingError
+from byol.base.errors import Interrupted, TrainingError
 from byol.pretrain import budget as time_budget
-from byol.pretrain.checkpoint import export_encoder
+from byol.pretrain.checkpoint import write_encoder_files
 from byol.pretrain.model import byol_loss, collapse_indicator
 from byol.pretrain.monitor import knn_top1
 from byol.pretrain.optim import ema_rate_at, learning_rate_at, set_learning_rate
 from byol.pretrain.setup import Run, prepare_run
-from byol.stopping import StopSignals, iterate, signal_name
+from byol.base.stopping import StopSignals, iterate, signal_name
 
 __all__ = ["train", "ranks_agree"]
 
@@ -49,10 +49,8 @@ def train(cfg: Config, resume: str | Path | None = None) -> dict:
     started = time_budget.clock()      # a time budget counts from here: set-up, checkpoints, kNN passes
     ctx = dist_utils.setup(cfg.trainer.device)
     try:
-        # a fresh run's trainer.max_time now, so a bad one (slurm outside a job) fails before the set-up
-        resolved = time_budget.resolve(cfg.trainer, ask=ctx.is_main) if resume is None else None
         with StopSignals() as stop:
-            run = prepare_run(cfg, ctx, Path(resume) if resume else None, started, resolved)
+            run = prepare_run(cfg, ctx, Path(resume) if resume else None, started)
             try:
                 return run_steps(run, stop)
             finally:
@@ -230,7 +228,7 @@ def finish(run: Run, step: int, final_loss: float, knn: float | None, t_start: f
     in_sync = ranks_agree(run.online) if run.ctx.distributed else True
     encoder_path = run.run_dir / "encoder.pt"
     if run.ctx.is_main:
-        export_encoder(run.cfg, run.online, step, encoder_path)
+        write_encoder_files(run.cfg, run.online, step, encoder_path)
     summary = {"run_dir": str(run.run_dir), "steps": step, "images": run.n_images, "final_loss": final_loss,
                "checkpoint": str(run.checkpoint), "encoder": str(encoder_path),
                "precision": run.precision, "device": str(run.ctx.device), "world_size": run.ctx.world_size,

@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from byol.atomic import atomic_write_text
+from byol.base.atomic import atomic_write_text
 
 log = logging.getLogger("byol")
 

@@ -1,5 +1,5 @@
 """The training-time kNN monitor: the encoder embeds two labelled splits with torch, then the
-evaluation stage's kNN (byol.evaluate.neighbors: running top-k + Wu et al. 2018 vote, numpy)
+the one kNN core the evaluation stage uses too (byol.base.knn: running top-k + Wu et al. 2018 vote, numpy)
 classifies them, so the accuracy logged during training is computed by the same code as
 `eval/`'s knn baseline.
 
@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from byol.data.augment import eval_transform
-from byol.evaluate.neighbors import DEFAULT_K, prepare_rows, running_topk, vote
+from byol.base.knn import DEFAULT_K, prepare_rows, running_topk, vote
 
 BANK_BLOCK = 4096           # memory-bank rows per similarity block
 TEMPERATURE = 0.07

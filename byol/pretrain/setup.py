@@ -1,7 +1,7 @@
 """Everything a pretraining run needs before its first step: `prepare_run(cfg, ctx, resume) -> Run`.
 
 Built once, in this order: dataset and resumable sampler -> DataLoader (workers ignore stop
-signals, byol/stopping.py) -> online/target networks (SyncBatchNorm under DDP, channels_last) ->
+signals, byol/base/stopping.py) -> online/target networks (SyncBatchNorm under DDP, channels_last) ->
 optimizer, gradient scaler (a no-op unless fp16) and the autocast context -> the resumed state
 (weights, optimizer, scaler, torch RNG, step) -> DDP wrapper, batched augmentation, metrics log
 and the kNN monitor's datasets -> the LR/EMA schedule and the time budget (trainer.max_time:
@@ -17,15 +17,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from byol import distributed as dist_utils
-from byol.atomic import stale_temp_files
+from byol.base import distributed as dist_utils
+from byol.base.atomic import stale_temp_files
 from byol.config import Config, save_config, small_stem_for
-from byol.errors import ConfigError
+from byol.base.errors import ConfigError
 from byol.data import build_dataset, build_training_dataset
 from byol.data.augment import BYOLViews
 from byol.encoders.build import build_encoder, encoder_dim
 from byol.encoders.files import load_encoder
-from byol.pretrain.checkpoint import (START_ENCODER_FILE, atomic_save, export_encoder, find_pretrained,
+from byol.pretrain.checkpoint import (START_ENCODER_FILE, atomic_save, write_encoder_files, find_pretrained,
                                       load_training_checkpoint, make_checkpoint)
 from byol.pretrain.metrics import MetricsLog
 from byol.pretrain.model import OnlineNetwork, TargetNetwork
@@ -33,7 +33,7 @@ from byol.pretrain.budget import Budget, resolve as resolve_budget
 from byol.pretrain.optim import Schedule, build_optimizer
 from byol.pretrain.small_input_conv import use_small_input_path
 from byol.pretrain.start_bn import write_start_bn_encoder
-from byol.stopping import ignore_stop_signals
+from byol.base.stopping import ignore_stop_signals
 
 log = logging.getLogger("byol")
 
@@ -119,11 +119,11 @@ class Run:
         return self.checkpoint
 
 
-def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None, started: float = 0.0,
-                resolved: tuple[float, str] | None = None) -> Run:
-    """`started`: the time budget's clock when train() began; `resolved`: trainer.max_time as
-    (seconds, label) resolved then, or None to resolve it here if the run needs it."""
+def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None, started: float = 0.0) -> Run:
+    """`started`: the time budget's clock when train() began."""
     t = cfg.trainer
+    # a fresh run's trainer.max_time first, so a bad one (slurm outside a job) fails before the slow set-up
+    resolved = resolve_budget(t, ask=ctx.is_main) if resume is None else None
     run_dir = resume if resume is not None else Path(t.run_dir)
     device, precision = ctx.device, resolve_precision(t.precision, ctx.device)
     size = cfg.data_transforms.input_shape[0]
@@ -195,10 +195,10 @@ def write_start_encoder(cfg: Config, online: OnlineNetwork, step: int, run_dir: 
     resumed later keeps the file of its first start (its weights are no longer the start's)."""
     path = run_dir / START_ENCODER_FILE
     if step == 0:
-        export_encoder(cfg, online, 0, path)
+        write_encoder_files(cfg, online, 0, path)
         size = cfg.data_transforms.input_shape[0]      # the stronger control: BN statistics measured (start_bn.py)
         write_start_bn_encoder(cfg, online, build_dataset(cfg.data, size), size,
-                               next(online.parameters()).device, run_dir, export_encoder)
+                               next(online.parameters()).device, run_dir, write_encoder_files)
     elif not path.is_file():
         log.info("%s has no %s (trained before byol wrote one): reports will say the starting-weights "
                  "control is missing", run_dir, START_ENCODER_FILE)
@@ -243,7 +243,7 @@ def restore(checkpoint: Path, resuming: bool, ctx: dist_utils.Context, online, t
     budget entry (None: none)."""
     if not resuming:
         return 0, None
-    if ctx.is_main:   # a checkpoint or encoder export (RUN_DIR/encoder*.pt ...) cut short by a kill
+    if ctx.is_main:   # a checkpoint or encoder write (RUN_DIR/encoder*.pt ...) cut short by a kill
         for stale in [*stale_temp_files(checkpoint.parent), *stale_temp_files(checkpoint.parent.parent)]:
             log.info("removing %s, left by an interrupted write", stale)
             stale.unlink(missing_ok=True)

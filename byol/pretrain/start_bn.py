@@ -5,7 +5,7 @@ running statistics at their initial values (mean 0, variance 1): every BN layer 
 input through unnormalised, and a deep random network's activations drift in scale from layer to
 layer. Random weights whose BN statistics were measured on the data (a no-gradient pass in train
 mode; "precise BN", Wu & Johnson 2021) are the usual, often stronger, random-features control. The
-verdict (byol/verdict.py) compares BYOL with whichever of the two scores better on validation.
+verdict (byol/report/verdict.py) compares BYOL with whichever of the two scores better on validation.
 
 `write_start_bn_encoder` writes RUN_DIR/encoder-start-bn.pt beside encoder-start.pt: the same
 weights, BN statistics averaged over up to BN_IMAGES training images (seeded sample), each through
@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
 from byol.data.augment import eval_transform
-from byol.stopping import ignore_stop_signals
+from byol.base.stopping import ignore_stop_signals
 
 START_BN_ENCODER_FILE = "encoder-start-bn.pt"    # in RUN_DIR
 BN_IMAGES = 4096          # enough for stable means and variances (32 batches of 128); a few seconds on a CPU
@@ -55,8 +55,8 @@ def with_measured_bn(encoder: nn.Module, dataset, image_size: int, device: torch
 
 
 def write_start_bn_encoder(cfg, online, dataset, image_size: int, device: torch.device, run_dir: Path,
-                           export) -> Path | None:
-    """RUN_DIR/encoder-start-bn.pt (+ .safetensors, .json) through `export` (checkpoint.export_encoder),
+                           write_files) -> Path | None:
+    """RUN_DIR/encoder-start-bn.pt (+ .safetensors, .json) through `write_files` (checkpoint.write_encoder_files),
     from the online network before its first step; None when its encoder has no batch norm.
 
     The pass runs on a plain copy of the encoder (rebuilt from the config, the online weights loaded):
@@ -70,5 +70,5 @@ def write_start_bn_encoder(cfg, online, dataset, image_size: int, device: torch.
                                 num_workers=cfg.trainer.num_workers)
     if measured is None:
         return None
-    view = types.SimpleNamespace(encoder=measured, projector=online.projector)   # what export_encoder reads
-    return export(cfg, view, 0, run_dir / START_BN_ENCODER_FILE)
+    view = types.SimpleNamespace(encoder=measured, projector=online.projector)   # what write_encoder_files reads
+    return write_files(cfg, view, 0, run_dir / START_BN_ENCODER_FILE)

@@ -9,7 +9,7 @@
 The only code that opens shards or manifests. Torch-free (enforced by tests/test_store_api.py):
 evaluation reads stores without importing torch.
 """
-from byol.file_lock import exclusive_writer     # one writer per store (flock): byol/file_lock.py
+from byol.base.file_lock import exclusive_writer     # one writer per store (flock): byol/base/file_lock.py
 from byol.store.format import (DTYPES, FEATURE_ATTRS, FEATURE_SETTINGS, FIELDS, FORMAT, MANIFEST, MAX_CHUNK_BYTES,
                                VERSION, chunk_rows, shard_name, to_json)
 from byol.store.reader import FeatureStore, check_compatible

@@ -5,7 +5,7 @@ Every downstream tool (k-NN, linear probe, PCA, export) reads this. A split is a
     split_dir/
         shard-00000.h5, shard-00001.h5, ...   one HDF5 file each, renamed into place when complete
         manifest.json                          written last: its presence means the split is complete
-        .lock                                  held (flock) by the process writing the split (byol/file_lock.py)
+        .lock                                  held (flock) by the process writing the split (byol/base/file_lock.py)
 
 Names and constants: `byol.store.format`. Writing: `byol.store.writer` (ShardWriter, write_manifest),
 `byol.store.sink` (in a background thread). Resuming an interrupted run: `byol.store.resume`.
@@ -43,8 +43,8 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from byol.atomic import atomic_path, file_sha256
-from byol.errors import StoreError
+from byol.base.atomic import atomic_path, file_sha256
+from byol.base.errors import StoreError
 from byol.store.format import (FEATURE_ATTRS, FEATURE_SETTINGS, FIELDS, FORMAT, MANIFEST, SETTINGS_ATTR, VERSION,
                                to_json)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from byol.atomic import file_sha256, stale_temp_files
-from byol.errors import StoreError
+from byol.base.atomic import file_sha256, stale_temp_files
+from byol.base.errors import StoreError
 from byol.store.format import MANIFEST, SETTINGS_ATTR, shard_name
 
 log = logging.getLogger("byol")

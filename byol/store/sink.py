@@ -3,7 +3,7 @@
 The compute thread `put`s each group's rows [n, dim] with the shard they belong to; the thread
 appends them to a `ShardWriter` in whole HDF5 chunks and closes the shard (fsync, SHA-256, atomic
 rename) when its last rows arrive, or at finish() for a shard the rows ran out in (latent vectors'
-last one). The queue is bounded (`depth` groups, byol/background.py), so memory stays flat however
+last one). The queue is bounded (`depth` groups, byol/base/background.py), so memory stays flat however
 far the encoder runs ahead.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.background import put_while
+from byol.base.background import put_while
 from byol.store.format import chunk_rows
 from byol.store.writer import ShardWriter
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from byol.atomic import PendingFile, atomic_write_text, file_sha256, write_error
-from byol.errors import StoreError
+from byol.base.atomic import PendingFile, atomic_write_text, file_sha256, write_error
+from byol.base.errors import StoreError
 from byol.store.format import DTYPES, FIELDS, FORMAT, MANIFEST, SETTINGS_ATTR, VERSION, chunk_rows, shard_name, to_json
 
 
@@ -39,7 +39,7 @@ class ShardWriter:
     `extra` declares more row-aligned datasets beside the standard fields, {name: (width, dtype)}:
     width w gives [N, w] rows, width None one value a row [N]; every append() then passes
     `extra={name: values}` for each of them. FeatureStore reads only the standard fields; the extra
-    ones are there for h5py readers (e.g. a head's outputs, written by byol.latent_outputs).
+    ones are there for h5py readers (e.g. a head's outputs, written by byol.extract.latent_outputs).
     """
 
     def __init__(self, split_dir: str | Path, index: int, dim: int, dtype: str = "float32",
@@ -58,7 +58,7 @@ class ShardWriter:
         self.split_dir.mkdir(parents=True, exist_ok=True)
         self.name = shard_name(index)
         self.path = self.split_dir / self.name
-        self._pending = PendingFile(self.path)     # byol/atomic.py: temp name, fsync, rename
+        self._pending = PendingFile(self.path)     # byol/base/atomic.py: temp name, fsync, rename
         self.tmp = self._pending.tmp
         self.dim, self.dtype, self.with_paths = int(dim), np.dtype(dtype), with_paths
         self.rows = 0

@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from byol.cli import DEFAULT_CONFIG, add_config_arguments, check_overrides, parse_arguments, run_command
+from byol.command_line import DEFAULT_CONFIG, add_config_arguments, check_overrides, parse_arguments, run_command
 from byol.config import Config, load_config
 
 
@@ -77,7 +77,7 @@ def config_for_run(config_file: str | Path | None, overrides: list[str], resume:
 
 def check_training_device(preference: str) -> None:
     """trainer.device usable here (under torchrun: for this LOCAL_RANK)? Else a ConfigError naming the key."""
-    from byol.distributed import DeviceError, resolve_device
+    from byol.base.distributed import DeviceError, resolve_device
     try:
         resolve_device(preference, int(os.environ.get("LOCAL_RANK", "0")))
     except DeviceError as e:

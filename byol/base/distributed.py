@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
-from byol.errors import ConfigError
+from byol.base.errors import ConfigError
 
 
 @dataclass

@@ -4,7 +4,7 @@ A fixed set of test images (the first of each class where labels exist, at most 
 spaced rows), each followed by its 5 nearest training images under BYOL's features and, beside
 them, under the starting weights' features (the same queries). A green border: the neighbour's
 class matches the query's; red: it does not; grey: unlabeled. Neighbours come from the project's
-one kNN code (`byol.evaluate.neighbors.nearest_rows`, cosine, as the kNN probe); the thumbnails
+one kNN code (`byol.base.knn.nearest_rows`, cosine, as the kNN probe); the thumbnails
 from the dataset readers (STL-10, CIFAR, folders, digits), found through each store's saved config and
 row indices, so the gallery needs nothing but the stores and the images they were computed from.
 RUN_DIR/neighbors.json lists the same neighbours as dataset item numbers (test queries, train
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.atomic import atomic_savefig, atomic_write_text
+from byol.base.atomic import atomic_savefig, atomic_write_text
 
 MATCH, MISMATCH, UNKNOWN, QUERY = "#2ca02c", "#d62728", "#999999", "#000000"
 
@@ -46,7 +46,7 @@ def thumbnails(store, rows: np.ndarray, size: int) -> np.ndarray:
 
 def gallery_neighbours(train, test, queries: np.ndarray, k: int = 5) -> np.ndarray:
     """Rows [n, k] of the `train` store nearest to rows `queries` of the `test` store, best first."""
-    from byol.evaluate.neighbors import nearest_rows
+    from byol.base.knn import nearest_rows
     _, rows = nearest_rows(train, test.take(queries), k)
     return rows
 
@@ -54,7 +54,7 @@ def gallery_neighbours(train, test, queries: np.ndarray, k: int = 5) -> np.ndarr
 def rows_of_items(store, items: np.ndarray) -> np.ndarray:
     """The rows of `store` holding dataset items `items` (two stores of one split may list their rows in
     different orders: the gallery matches the queries by item, never by row number)."""
-    from byol.errors import StoreError
+    from byol.base.errors import StoreError
     row_of = {int(item): row for row, item in enumerate(store.indices())}
     missing = [int(i) for i in items if int(i) not in row_of]
     if missing:

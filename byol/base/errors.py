@@ -1,4 +1,4 @@
-"""The exception types commands map to exit codes (byol/cli.py's `run_command`).
+"""The exception types commands map to exit codes (byol/command_line.py's `run_command`).
 
 User mistakes (ConfigError, DataError and StoreError, CheckpointError) print their one-line
 message, no traceback, and exit 2; each message names the file or key at fault and says what to do.
@@ -39,7 +39,7 @@ class Interrupted(Exception):
     """A stop signal (SIGINT, SIGTERM, SIGUSR1) arrived and the command stopped at a safe point with
     its work kept (training: a checkpoint, `.step` and `.path` tell which; extraction: finished
     shards). Entry points print the message and exit `.exit_status` = 128 + the signal number
-    (130 SIGINT, 143 SIGTERM, 138 SIGUSR1); see byol/stopping.py."""
+    (130 SIGINT, 143 SIGTERM, 138 SIGUSR1); see byol/base/stopping.py."""
 
     def __init__(self, message: str, signum: int, step: int | None = None, path=None):
         super().__init__(message)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from byol.errors import StoreError
+from byol.base.errors import StoreError
 
 LOCK_NAME = ".lock"
 

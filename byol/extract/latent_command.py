@@ -1,6 +1,6 @@
 """Latent vectors (the encoder's pooled features) of any images: `byol latent` and
-`latent_eval/generate_latent_out.py` (commands: its docstring). The same run as `byol.extract`
-(byol/embed_loop.py: `EncoderSource.embed`, eval mode, fp32, ImageNet normalisation at the
+`latent_eval/generate_latent_out.py` (commands: its docstring). The same run as `byol.extract.extract_command`
+(byol/extract/embed_loop.py: `EncoderSource.embed`, eval mode, fp32, ImageNet normalisation at the
 checkpoint's image size, the same groups of --batch-size rows within each shard), other inputs and sinks.
 
 Inputs, in the order given (each kept in its own order):
@@ -10,7 +10,7 @@ Inputs, in the order given (each kept in its own order):
                    files ignored), sorted by relative path exactly as an image-folder extraction sorts
   LIST.txt         one path per line (blank lines and # lines ignored), relative to the list's folder
   split:NAME       a split of the dataset in the checkpoint's config (split:test); change its data
-                   settings with --set data.root=... (as `byol.extract` overrides)
+                   settings with --set data.root=... (as `byol.extract.extract_command` overrides)
 
 Outputs (`--format`):
   store (default)  OUT/ is one split directory of the feature store (byol/store/): OUT/shard-NNNNN.h5 +
@@ -44,21 +44,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from byol.atomic import atomic_write_text, file_sha256
-from byol.cli import (add_checkpoint_arguments, add_device_arguments, add_loader_arguments, add_override_arguments,
+from byol.base.atomic import atomic_write_text, file_sha256
+from byol.command_line import (add_checkpoint_arguments, add_device_arguments, add_loader_arguments, add_override_arguments,
                       add_overwrite_argument, add_progress_argument, check_overrides, looks_like_override,
                       parse_arguments, run_command, usable_device)
 from byol.data import build_dataset
 from byol.data.batches import iter_batches
 from byol.data.image_folder import EXTENSIONS
 from byol.data.input_list import SPLIT_PREFIX, InputList, expand_inputs
-from byol.distributed import DeviceError, resolve_device
-from byol.embed_loop import EmbedOptions, ShardGroups, data_settings, embed_rows
+from byol.base.distributed import DeviceError, resolve_device
+from byol.extract.embed_loop import EmbedOptions, ShardGroups, data_settings, embed_rows
 from byol.encoders.source import load_source
-from byol.errors import ConfigError, DataError
+from byol.base.errors import ConfigError, DataError
 from byol.evaluate.head_file import load_head_for
 from byol.evaluate.heads import head_outputs
-from byol.latent_outputs import HEAD_FIELDS, CsvOut, NpyOut, StoreOut, out_base
+from byol.extract.latent_outputs import HEAD_FIELDS, CsvOut, NpyOut, StoreOut, out_base
 
 log = logging.getLogger("byol")
 

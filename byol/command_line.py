@@ -3,7 +3,7 @@ the command-line flags more than one command takes (declared once, here, so they
 
 User mistakes (ConfigError, DataError, CheckpointError) print `error: <message>` and exit 2, with
 no traceback; a training run that cannot go on, an export that does not match PyTorch, or a failed
-write (disk full) exits 1; one stopped by a signal (byol/stopping.py) 128 + its number. On success
+write (disk full) exits 1; one stopped by a signal (byol/base/stopping.py) 128 + its number. On success
 the command's result is printed as one JSON object on the last line of stdout, for scripts and
 people alike.
 """
@@ -18,7 +18,7 @@ import sys
 from typing import Callable
 
 from byol.config import Config, from_dict, parse_overrides
-from byol.errors import CheckpointError, ConfigError, DataError, ExportError, Interrupted, TrainingError, WriteError
+from byol.base.errors import CheckpointError, ConfigError, DataError, ExportError, Interrupted, TrainingError, WriteError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -118,9 +118,9 @@ BATCH_SIZE = 256
 def add_loader_arguments(parser: argparse.ArgumentParser) -> None:
     """--batch-size and --num-workers, with one meaning everywhere (None: the command decides)."""
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                        help="images per forward pass (byol.extract and latent group rows the same way)")
+                        help="images per forward pass (byol.extract.extract_command and latent group rows the same way)")
     parser.add_argument("--num-workers", type=int, default=None, metavar="N",
-                        help="DataLoader processes decoding images (default: automatic; byol.extract: a "
+                        help="DataLoader processes decoding images (default: automatic; byol.extract.extract_command: a "
                              "reader thread, or up to 4 processes for image folders; latent: this process)")
 
 
@@ -151,7 +151,7 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
 def usable_device(preference: str, flag: str = "--device") -> str:
     """The device `flag` asked for, resolved on this machine ("auto" -> cuda:0 or cpu), or a
     ConfigError naming the flag."""
-    from byol.distributed import DeviceError, resolve_device
+    from byol.base.distributed import DeviceError, resolve_device
     try:
         return str(resolve_device(preference))
     except DeviceError as e:

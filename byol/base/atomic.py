@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from byol.errors import WriteError
+from byol.base.errors import WriteError
 
 TEMP_MARK = ".tmp-"
 

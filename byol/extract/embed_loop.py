@@ -1,7 +1,7 @@
 """Extraction's one core: rows of a dataset, read ahead, through an encoder, into a sink; stoppable.
 
-`byol.extract` (a dataset split -> a feature store, resumable, under torchrun too) and
-`byol.latent` (any images -> a store, .npy or .csv) are the same run with other inputs and sinks:
+`byol.extract.extract_command` (a dataset split -> a feature store, resumable, under torchrun too) and
+`byol.extract.latent_command` (any images -> a store, .npy or .csv) are the same run with other inputs and sinks:
 
     options = EmbedOptions(...)                        the flags they share, checked once
     batches = iter_batches(dataset, ranges, workers)   rows read ahead (byol/data/batches.py)
@@ -23,14 +23,14 @@ import torch
 
 from byol.data.batches import Rows
 from byol.encoders.source import PRECISIONS
-from byol.errors import ConfigError, Interrupted
-from byol.stopping import StopSignals, signal_name
+from byol.base.errors import ConfigError, Interrupted
+from byol.base.stopping import StopSignals, signal_name
 from byol.store import DTYPES
 
 
 @dataclass
 class EmbedOptions:
-    """The settings extraction and latent vectors share (byol/cli.py declares their flags once)."""
+    """The settings extraction and latent vectors share (byol/command_line.py declares their flags once)."""
 
     overrides: list[str] = field(default_factory=list)   # section.key=value on top of the checkpoint's config
     rows_per_shard: int = 10_000
@@ -130,7 +130,7 @@ def embed_rows(embed: Callable, batches: Iterable[Rows], groups: ShardGroups, si
 
     SIGINT/SIGTERM/SIGUSR1 (to this process or its whole group, reader workers included) stop it
     before the next batch: the sink is aborted (finished shards stay, the one in progress is
-    deleted) and Interrupted is raised with the message interrupted(signal name) (byol/stopping.py).
+    deleted) and Interrupted is raised with the message interrupted(signal name) (byol/base/stopping.py).
     """
     def put(group: Group) -> None:
         rows, extra = embed(group.rows.images)

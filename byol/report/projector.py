@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.gallery import class_name, thumbnails
+from byol.report.gallery import class_name, thumbnails
 
 
 def stratified_rows(labels: np.ndarray, max_rows: int, seed: int = 0) -> np.ndarray:

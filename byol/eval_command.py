@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from byol.cli import run_command
+from byol.command_line import run_command
 from byol.evaluate.options import add_baseline_arguments, add_common_arguments, add_head_arguments, options_from_args
 
 HEAD_HELP = """Train a classification head on stored embeddings (HDF5 feature store), test it, save it.

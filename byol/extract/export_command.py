@@ -1,8 +1,8 @@
 """Export the encoder alone (no projector/predictor) to TorchScript or ONNX, and check it.
 
-    python -m byol.export runs/byol/encoder.pt --format torchscript --out encoder.ts
-    python -m byol.export runs/byol/checkpoints/last.pt --format onnx --out encoder.onnx
-    python -m byol.export resnet18-byol.pth --format onnx --out enc.onnx --trust-checkpoint  # pickled file
+    python -m byol.extract.export_command runs/byol/encoder.pt --format torchscript --out encoder.ts
+    python -m byol.extract.export_command runs/byol/checkpoints/last.pt --format onnx --out encoder.onnx
+    python -m byol.extract.export_command resnet18-byol.pth --format onnx --out enc.onnx --trust-checkpoint  # pickled file
 
 The exported model takes NORMALISED float32 images [N, 3, S, S] (N and, for ONNX, H/W dynamic
 where the exporter allows) and returns the pooled features [N, D]. FILE.json beside it records
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from byol.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from byol.base.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from byol.encoders.source import load_source
-from byol.errors import ConfigError, ExportError
+from byol.base.errors import ConfigError, ExportError
 
 log = logging.getLogger("byol")
 
@@ -120,8 +120,8 @@ def export(checkpoint, fmt: str, out, trust_checkpoint: bool = False, tolerance:
     return summary
 
 
-def main(argv=None, prog: str = "python -m byol.export") -> None:
-    from byol.cli import add_checkpoint_arguments, parse_arguments, run_command
+def main(argv=None, prog: str = "python -m byol.extract.export_command") -> None:
+    from byol.command_line import add_checkpoint_arguments, parse_arguments, run_command
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="encoder.pt, checkpoints/*.pt, or an importable ResNet checkpoint")

@@ -4,12 +4,12 @@
 
 Reads RUN_DIR/config.yaml, metrics.jsonl, pipeline.json (stage times, provenance, result files,
 stores), the result JSON files and the feature stores; writes report.md, which opens with the
-verdict (byol/verdict.py: what BYOL adds over its starting weights and over raw pixels), with PNGs
+verdict (byol/report/verdict.py: what BYOL adds over its starting weights and over raw pixels), with PNGs
 beside it: loss.png (loss and collapse indicator), knn.png (kNN accuracy over training, with the
 starting weights' score, measured before the first step, as a dashed line),
 embedding.png (PCA and t-SNE of test embeddings), confusion.png (the best head's confusion
-matrix), neighbors.png (byol/gallery.py), and the TensorBoard projector under RUN_DIR/tensorboard
-(byol/projector.py).
+matrix), neighbors.png (byol/report/gallery.py), and the TensorBoard projector under RUN_DIR/tensorboard
+(byol/report/projector.py).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.atomic import atomic_savefig, atomic_write_text
-from byol.verdict import verdict
+from byol.base.atomic import atomic_savefig, atomic_write_text
+from byol.report.verdict import verdict
 
 log = logging.getLogger("byol")
 
@@ -125,9 +125,9 @@ def inspection_views(run_dir: Path, stores: dict) -> tuple[list[str], str]:
     if not {"byol_train", "byol_test"} <= set(stores):
         return [], ("No neighbour gallery or projector: the run directory lists no BYOL train and test stores "
                     "(pipeline.json); run `byol pipeline` to make them.")
-    from byol.errors import DataError
-    from byol.gallery import write_gallery
-    from byol.projector import write_projector
+    from byol.base.errors import DataError
+    from byol.report.gallery import write_gallery
+    from byol.report.projector import write_projector
     try:
         write_gallery(stores, run_dir)
     except (DataError, OSError) as e:
@@ -202,7 +202,7 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def main(argv=None, prog: str = "python -m byol.report"):
-    from byol.cli import parse_arguments, run_command
+    from byol.command_line import parse_arguments, run_command
     ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="a run directory written by main.py or byol.pipeline")

@@ -1,12 +1,12 @@
 """The `byol` command: one name on the PATH, one subcommand per stage (like git), each the very
 same function as the script or module it mirrors.
 
-    byol train ...        = python main.py ...                          (byol.pretrain.command)
+    byol train ...        = python main.py ...                          (byol.pretrain.train_command)
     byol extract ...      = python -m byol.extract ...
-    byol eval ...         = python eval/load_and_train.py ...           (byol.eval_commands)
-    byol baselines ...    = python eval/baselines.py ...                (byol.eval_commands)
+    byol eval ...         = python eval/load_and_train.py ...           (byol.eval_command)
+    byol baselines ...    = python eval/baselines.py ...                (byol.eval_command)
     byol latent ...       = python latent_eval/generate_latent_out.py ...
-    byol export ...       = python -m byol.export ...
+    byol export ...       = python -m byol.extract.export_command ...
     byol pipeline ...     = python -m byol.pipeline ...
     byol report ...       = python -m byol.report ...
 
@@ -23,14 +23,14 @@ from byol import __version__
 
 # subcommand: (module, or module:function when not its main, what it does)
 SUBCOMMANDS = {
-    "train": ("byol.pretrain.command", "pretrain an encoder with BYOL (main.py)"),
-    "extract": ("byol.extract", "embed a dataset split into an HDF5 feature store"),
-    "eval": ("byol.eval_commands:head_main", "train and test an MLP or linear head on stored features"),
-    "baselines": ("byol.eval_commands:baselines_main", "logistic regression, kNN, PCA baselines on stored features"),
-    "latent": ("byol.latent", "latent vectors for any images (store, .npy or .csv)"),
-    "export": ("byol.export", "export the encoder to TorchScript or ONNX"),
+    "train": ("byol.pretrain.train_command", "pretrain an encoder with BYOL (main.py)"),
+    "extract": ("byol.extract.extract_command", "embed a dataset split into an HDF5 feature store"),
+    "eval": ("byol.eval_command:head_main", "train and test an MLP or linear head on stored features"),
+    "baselines": ("byol.eval_command:baselines_main", "logistic regression, kNN, PCA baselines on stored features"),
+    "latent": ("byol.extract.latent_command", "latent vectors for any images (store, .npy or .csv)"),
+    "export": ("byol.extract.export_command", "export the encoder to TorchScript or ONNX"),
     "pipeline": ("byol.pipeline", "train, extract, evaluate and report in one command"),
-    "report": ("byol.report", "report.md and plots from a run directory"),
+    "report": ("byol.report.report_command", "report.md and plots from a run directory"),
 }
 
 

@@ -1,5 +1,5 @@
-"""Where latent vectors go (`--format`; layouts: byol/latent.py), as sinks of extraction's core
-(byol/embed_loop.py): the store (byol.store's ShardSink, resumable), a .npy or a .csv (streamed)."""
+"""Where latent vectors go (`--format`; layouts: byol/extract/latent_command.py), as sinks of extraction's core
+(byol/extract/embed_loop.py): the store (byol.store's ShardSink, resumable), a .npy or a .csv (streamed)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from byol.atomic import PendingFile, atomic_write_text
-from byol.errors import ConfigError, StoreError
-from byol.file_lock import exclusive_writer
+from byol.base.atomic import PendingFile, atomic_write_text
+from byol.base.errors import ConfigError, StoreError
+from byol.base.file_lock import exclusive_writer
 from byol.store import MANIFEST, ShardSink, ShardWriter, write_manifest
 from byol.store.resume import keep_leading_shards, prepare_split_dir, shard_count
 
@@ -81,7 +81,7 @@ class StoreOut:
 
 class _Streamed:
     """npy, csv: files written over the run under temp names, renamed into place by finish(), dropped
-    by abort() (byol/atomic.py): a run that fails or is stopped leaves nothing under their names. An
+    by abort() (byol/base/atomic.py): a run that fails or is stopped leaves nothing under their names. An
     earlier output (any of `names`) is refused unless `overwrite`, which deletes it."""
     kept, kept_rows, start, skipped = {}, 0, 0, ()
 

@@ -17,7 +17,7 @@ the foreground process group). So:
 
 A second signal does not hurry the stop (Slurm and torchrun may both deliver one); SIGKILL does,
 and resuming from the last checkpoint is exact anyway. A stopped command raises
-`byol.errors.Interrupted`; the entry points print its one-line message and exit with its
+`byol.base.errors.Interrupted`; the entry points print its one-line message and exit with its
 `exit_status`, 128 + the signal number (SIGINT 130, SIGTERM 143, SIGUSR1 138): what a shell
 reports for a process killed by that signal, so scripts and schedulers read it the same way.
 """
