@@ -39,13 +39,13 @@ from byol.config import load_config, small_stem_for  # noqa: E402
 from byol.evaluate.options import Options  # noqa: E402
 from byol.evaluate.runner import run_baseline, run_head  # noqa: E402
 from byol.extract.extract_command import extract  # noqa: E402
-from byol.store import FeatureStore  # noqa: E402
 from byol.pretrain.checkpoint import START_ENCODER_FILE  # noqa: E402
+from byol.pretrain.loop import train  # noqa: E402
+from byol.pretrain.optim import base_ema_rate  # noqa: E402
 from byol.pretrain.start_bn import START_BN_ENCODER_FILE  # noqa: E402
 from byol.report.report_command import plot_training, read_metrics  # noqa: E402
 from byol.report.verdict import validation_top1, verdict  # noqa: E402
-from byol.pretrain.loop import train  # noqa: E402
-from byol.pretrain.optim import base_ema_rate  # noqa: E402
+from byol.store import FeatureStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from byol.data.augment import BYOLViews  # noqa: E402
 from byol.config import load_config  # noqa: E402
+from byol.data.augment import BYOLViews  # noqa: E402
 from byol.pretrain.loop import train  # noqa: E402
 from byol.pretrain.setup import resolve_precision  # noqa: E402
 from tests.testkit import write_stl10_binary  # noqa: E402

@@ -27,9 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from byol.base.errors import ConfigError
 from byol.data.augment import BYOLViews, eval_transform
 from byol.encoders.families import feature_dim, strip_classifier
-from byol.base.errors import ConfigError
 from byol.pretrain.model import OnlineNetwork, TargetNetwork, byol_loss
 
 

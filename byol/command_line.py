@@ -17,8 +17,8 @@ import os
 import sys
 from typing import Callable
 
-from byol.config import Config, from_dict, parse_overrides
 from byol.base.errors import CheckpointError, ConfigError, DataError, ExportError, Interrupted, TrainingError, WriteError
+from byol.config import Config, from_dict, parse_overrides
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 

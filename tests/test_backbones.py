@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from byol import BYOL
+from byol.base.errors import ConfigError
 from byol.config import load_config
 from byol.encoders.build import build_encoder
-from byol.base.errors import ConfigError
 from byol.extract.export_command import export
 from byol.extract.extract_command import extract
 from byol.extract.latent_command import generate

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from byol.config import Config, from_dict, load_config, to_dict
 from byol.base.errors import ConfigError
+from byol.config import Config, from_dict, load_config, to_dict
 from byol.extract.extract_command import main as extract_main
 from byol.store import FeatureStore
 

@@ -18,14 +18,14 @@ import torch
 
 from byol.base import durations
 import byol.pretrain.loop as loop
-from byol.config import load_config
 from byol.base.errors import ConfigError, Interrupted
+from byol.config import load_config
 from byol.pretrain import budget
 from byol.pretrain.checkpoint import load_training_checkpoint, resume_config
-from byol.pretrain.train_command import config_for_run
-from byol.pretrain.train_command import main as train_main
 from byol.pretrain.loop import train
 from byol.pretrain.optim import Schedule, base_ema_rate
+from byol.pretrain.train_command import config_for_run
+from byol.pretrain.train_command import main as train_main
 
 from testkit import REPO, TINY, run_cli, run_main
 

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from byol.base.errors import ConfigError, DataError
 from byol.config import Data, load_config
 from byol.data import build_dataset, build_training_dataset, dataset_labels
 from byol.data import cifar as cifar_module
 from byol.data.batches import read_rows
 from byol.data.cifar import CIFAR10, CIFAR100, FILES, download_cifar
 from byol.data.stl10 import resize_uint8
-from byol.base.errors import ConfigError, DataError
 
 from testkit import TINY
 

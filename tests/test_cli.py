@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from byol import command_line as cli
-from byol.config import load_config, to_dict
 from byol.base.distributed import DeviceError, resolve_device
 from byol.base.errors import ConfigError
+from byol.config import load_config, to_dict
 from byol.evaluate.options import Options, add_baseline_arguments, add_common_arguments, add_head_arguments
 from byol.pretrain import train_command
 

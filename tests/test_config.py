@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
-from byol.config import Config, from_dict, load_config, save_config, to_dict
 from byol.base.errors import ConfigError
+from byol.config import Config, from_dict, load_config, save_config, to_dict
 
 SEED_CONFIG = """\
 network:

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from byol.data import stl10 as stl10_module
-from byol.config import Data
-from byol.data.digits import Digits
-from byol.data import build_dataset, dataset_labels
 from byol.base.errors import DataError
+from byol.config import Data
+from byol.data import stl10 as stl10_module
+from byol.data import build_dataset, dataset_labels
+from byol.data.digits import Digits
 from byol.data.image_folder import ImageFolder
 from byol.data.stl10 import RECORD, STL10, download_stl10
 

@@ -11,12 +11,12 @@ import torch
 import torchvision
 
 from byol.base.atomic import file_sha256
+from byol.base.errors import CheckpointError
 from byol.config import load_config
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol.encoders.build import build_encoder
 from byol.encoders.files import load_encoder
 from byol.encoders.source import load_source
-from byol.base.errors import CheckpointError
 from byol.extract.export_command import export
 from byol.extract.extract_command import extract
 from byol.extract.latent_command import generate

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from byol.base import knn as knn_core
+from byol.base.knn import running_topk, uniform_vote, weighted_vote
 from byol.evaluate import neighbors
 from byol.evaluate.blocks import fit_standardizer, iter_rows, rebatch
 from byol.evaluate.logreg import evaluate_logreg
-from byol.base.knn import running_topk, uniform_vote, weighted_vote
 from byol.evaluate.neighbors import evaluate_knn
 from byol.evaluate.pca import fit_projector
 from byol.evaluate.results import Tally, write_results

@@ -13,12 +13,12 @@ from PIL import Image
 
 import byol.store.sink as shard_sink_module
 from byol.base.atomic import file_sha256
+from byol.base.errors import StoreError
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from byol.data.digits import Digits
-from byol.base.errors import StoreError
-from byol.extract.extract_command import extract, main
-from byol.encoders.build import build_encoder
 from byol.data.stl10 import STL10
+from byol.encoders.build import build_encoder
+from byol.extract.extract_command import extract, main
 from byol.store import FeatureStore, shard_name
 
 from testkit import run_cli, write_stl10_binary

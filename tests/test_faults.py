@@ -29,15 +29,15 @@ import torch
 import byol.base.atomic as atomic_module
 import byol.pretrain.checkpoint as ckpt_module
 from byol.base.atomic import file_sha256
-from byol.config import load_config
 from byol.base.errors import StoreError, WriteError
+from byol.base.file_lock import exclusive_writer
+from byol.config import load_config
 from byol.evaluate.head_file import head_record, save_head
 from byol.evaluate.heads import build_head
 from byol.extract.extract_command import extract
-from byol.store import FeatureStore
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
-from byol.base.file_lock import exclusive_writer
+from byol.store import FeatureStore
 
 from testkit import REPO, TINY
 

@@ -15,9 +15,9 @@ from byol.base.errors import CheckpointError
 from byol.evaluate.blocks import fit_standardizer, iter_rows
 from byol.evaluate.head_file import head_record, load_head, save_head
 from byol.evaluate.heads import build_head, cross_entropy, head_outputs
+from byol.evaluate.passes import score_blocks
 from byol.evaluate.runner import run_head
 from byol.evaluate.splits import prepare
-from byol.evaluate.passes import score_blocks
 from byol.evaluate.training import AdamW, best_epoch, fit_selected
 
 from testkit import ATTRS, FAST, run_cli

@@ -13,11 +13,11 @@ import torch
 import torchvision
 from torch import nn
 
+from byol.base.errors import CheckpointError
+from byol.encoders.build import build_encoder
 from byol.encoders.files import encoder_state_from, load_file
 from byol.encoders.foreign import STHALLES_CHILDREN
-from byol.base.errors import CheckpointError
 from byol.extract.export_command import export
-from byol.encoders.build import build_encoder
 
 from testkit import write_encoder
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from byol.base.errors import ConfigError, StoreError
+from byol.encoders.build import build_encoder
 from byol.evaluate.head_file import head_record, save_head
 from byol.evaluate.heads import build_head, head_outputs
 from byol.extract.extract_command import extract
 from byol.extract.latent_command import generate, main as latent_main
-from byol.base.errors import ConfigError, StoreError
 from byol.store import FeatureStore, ShardSink
-from byol.encoders.build import build_encoder
 
 from testkit import REPO, TINY_RESNET, run_cli, run_main, write_encoder
 

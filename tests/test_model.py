@@ -5,12 +5,12 @@ import pytest
 import torch
 import torchvision
 
+from byol.base.errors import CheckpointError
+from byol.config import Optimizer as OptimizerConfig
+from byol.encoders.build import build_encoder
 from byol.encoders.files import encoder_state_from, load_file
 from byol.pretrain.checkpoint import atomic_save, load_training_checkpoint
-from byol.config import Optimizer as OptimizerConfig
-from byol.base.errors import CheckpointError
 from byol.pretrain.model import OnlineNetwork, TargetNetwork, byol_loss, collapse_indicator, regression_loss
-from byol.encoders.build import build_encoder
 from byol.pretrain.optim import (LARS, build_optimizer, ema_rate_at, learning_rate_at, parameter_groups,
                                  set_learning_rate)
 

@@ -11,9 +11,9 @@ import torch
 
 from byol.config import load_config
 from byol.encoders.files import load_encoder
+from byol.pretrain import loop
 from byol.report.gallery import query_rows, write_gallery
 from byol.report.projector import stratified_rows
-from byol.pretrain import loop
 from byol.report.report_command import write_report
 
 from testkit import TINY, TINY_RESNET, write_store

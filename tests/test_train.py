@@ -8,15 +8,15 @@ import torch
 import torchvision
 
 import byol.pretrain.loop as train_module
-from byol.pretrain.checkpoint import load_training_checkpoint
-from byol.config import load_config
 from byol.base.errors import TrainingError
 from byol.base.errors import Interrupted
+from byol.config import load_config
+from byol.data import build_dataset
+from byol.encoders.build import build_encoder
+from byol.pretrain.checkpoint import load_training_checkpoint
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
 from byol.pretrain.monitor import knn_top1
-from byol.data import build_dataset
-from byol.encoders.build import build_encoder
 
 from testkit import REPO, TINY, TINY_RESNET, run_cli, run_main, write_stl10_binary
 

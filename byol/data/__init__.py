@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from byol.base.errors import DataError
 from byol.config import CHOICES
 from byol.data.cifar import CIFAR10, CIFAR100, CIFARS
 from byol.data.cifar import SIDE as CIFAR_SIDE
@@ -24,7 +25,6 @@ from byol.data.digits import Digits
 from byol.data.image_folder import ImageFolder
 from byol.data.stl10 import SIDE as STL10_SIDE
 from byol.data.stl10 import STL10
-from byol.base.errors import DataError
 
 __all__ = ["CIFAR10", "CIFAR100", "Digits", "FolderCropViews", "ImageFolder", "STL10", "build_dataset",
            "build_training_dataset", "dataset_labels"]

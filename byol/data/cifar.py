@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from byol.base.errors import DataError
 from byol.data.download import download_archive, download_once
 from byol.data.stl10 import resize_uint8
-from byol.base.errors import DataError
 
 try:
     from numpy._core.multiarray import _reconstruct

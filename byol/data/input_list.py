@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from byol.base.errors import ConfigError
 from byol.data.batches import Rows, read_rows
 from byol.data.image_folder import EXTENSIONS, decode_image, find_images
-from byol.base.errors import ConfigError
 
 log = logging.getLogger("byol")
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from byol.data.download import download_archive, download_once
 from byol.base.errors import DataError
+from byol.data.download import download_archive, download_once
 
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"   # torchvision's constants
 MD5 = "91f7769df0f17e558f3565bffb0c7dfb"

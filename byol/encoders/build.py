@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from byol.encoders.families import build_classifier_model, feature_dim, strip_classifier, use_small_stem
 from byol.base.errors import CheckpointError
+from byol.encoders.families import build_classifier_model, feature_dim, strip_classifier, use_small_stem
 
 # The pooled width of the ResNets this project started with (known without a dummy forward).
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from byol.encoders.names import check_network_name, is_resnet_name
 from byol.base.errors import ConfigError
+from byol.encoders.names import check_network_name, is_resnet_name
 
 CLASSIFIER_ATTRS = ("fc", "classifier", "heads", "head")
 # Builders whose defaults return auxiliary outputs in train mode; an encoder needs one tensor.

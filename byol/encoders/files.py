@@ -25,10 +25,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_tensors
 
 from byol.base.atomic import file_sha256
+from byol.base.errors import CheckpointError
 from byol.encoders.build import infer_resnet
 from byol.encoders.foreign import convert_foreign
 from byol.encoders.names import is_resnet_name
-from byol.base.errors import CheckpointError
 
 # encoder.json: {"format": ENCODER_FORMAT, "version": 2, "network", "small_stem", "feature_dim",
 # "image_size", "normalisation": {"mean", "std"}, "step", "weights": {"pt": {"file", "sha256", "bytes"},

@@ -33,8 +33,8 @@ import re
 
 import torch
 
-from byol.encoders.build import build_encoder, infer_resnet
 from byol.base.errors import CheckpointError
+from byol.encoders.build import build_encoder, infer_resnet
 
 # sthalles/PyTorch-BYOL: children of torchvision's resnet without fc.
 STHALLES_CHILDREN = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from byol.base.errors import CheckpointError, ConfigError
 from byol.config import Config, load_config, to_dict
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from byol.encoders.build import build_encoder, encoder_dim
 from byol.encoders.files import load_encoder
 from byol.encoders.names import is_resnet_name
-from byol.base.errors import CheckpointError, ConfigError
 
 PIXELS = "pixels"
 PRECISIONS = ("fp32", "bf16")

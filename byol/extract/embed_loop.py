@@ -21,10 +21,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from byol.data.batches import Rows
-from byol.encoders.source import PRECISIONS
 from byol.base.errors import ConfigError, Interrupted
 from byol.base.stopping import StopSignals, signal_name
+from byol.data.batches import Rows
+from byol.encoders.source import PRECISIONS
 from byol.store import DTYPES
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from byol.base.atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from byol.encoders.source import load_source
 from byol.base.errors import ConfigError, ExportError
+from byol.encoders.source import load_source
 
 log = logging.getLogger("byol")
 

@@ -37,13 +37,13 @@ from byol.base import distributed as dist_utils
 from byol.command_line import (DEFAULT_CONFIG, add_checkpoint_arguments, add_config_arguments, add_device_arguments,
                       add_loader_arguments, add_overwrite_argument, add_progress_argument, check_overrides,
                       looks_like_override, parse_arguments, run_command)
+from byol.base.errors import ConfigError, StoreError
+from byol.base.file_lock import exclusive_writer
 from byol.base.provenance import library_versions
 from byol.data import build_dataset
-from byol.extract.embed_loop import EmbedOptions, ShardGroups, data_settings, embed_rows
-from byol.base.errors import ConfigError, StoreError
-from byol.encoders.source import PIXELS, PRECISIONS, load_source
 from byol.data.batches import default_workers, iter_batches
-from byol.base.file_lock import exclusive_writer
+from byol.encoders.source import PIXELS, PRECISIONS, load_source
+from byol.extract.embed_loop import EmbedOptions, ShardGroups, data_settings, embed_rows
 from byol.store import DTYPES
 from byol.store.resume import keep_finished_shards, prepare_split_dir, shard_count, shard_rows
 from byol.store.sink import ShardSink

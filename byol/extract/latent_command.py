@@ -48,16 +48,16 @@ from byol.base.atomic import atomic_write_text, file_sha256
 from byol.command_line import (add_checkpoint_arguments, add_device_arguments, add_loader_arguments, add_override_arguments,
                       add_overwrite_argument, add_progress_argument, check_overrides, looks_like_override,
                       parse_arguments, run_command, usable_device)
+from byol.base.distributed import DeviceError, resolve_device
+from byol.base.errors import ConfigError, DataError
 from byol.data import build_dataset
 from byol.data.batches import iter_batches
 from byol.data.image_folder import EXTENSIONS
 from byol.data.input_list import SPLIT_PREFIX, InputList, expand_inputs
-from byol.base.distributed import DeviceError, resolve_device
-from byol.extract.embed_loop import EmbedOptions, ShardGroups, data_settings, embed_rows
 from byol.encoders.source import load_source
-from byol.base.errors import ConfigError, DataError
 from byol.evaluate.head_file import load_head_for
 from byol.evaluate.heads import head_outputs
+from byol.extract.embed_loop import EmbedOptions, ShardGroups, data_settings, embed_rows
 from byol.extract.latent_outputs import HEAD_FIELDS, CsvOut, NpyOut, StoreOut, out_base
 
 log = logging.getLogger("byol")

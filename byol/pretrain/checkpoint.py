@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING
 import torch
 import safetensors.torch
 
-from byol.base.provenance import library_versions
 from byol.base.atomic import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
+from byol.base.errors import CheckpointError, ConfigError
+from byol.base.provenance import library_versions
 from byol.config import Config, load_config, small_stem_for, to_dict
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol.encoders.files import ENCODER_FORMAT, load_file, metadata_path
-from byol.base.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:   # model.py imports nothing from here, but the annotation needs no runtime import
     from byol.pretrain.model import OnlineNetwork

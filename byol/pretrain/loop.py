@@ -28,15 +28,16 @@ import torch
 from tqdm import tqdm
 
 from byol.base import distributed as dist_utils
-from byol.config import Config, save_config
+from byol.base.durations import describe
 from byol.base.errors import Interrupted, TrainingError
+from byol.base.stopping import StopSignals, iterate, signal_name
+from byol.config import Config, save_config
 from byol.pretrain import budget as time_budget
 from byol.pretrain.checkpoint import write_encoder_files
 from byol.pretrain.model import byol_loss, collapse_indicator
 from byol.pretrain.monitor import knn_top1
 from byol.pretrain.optim import ema_rate_at, learning_rate_at, set_learning_rate
 from byol.pretrain.setup import Run, prepare_run
-from byol.base.stopping import StopSignals, iterate, signal_name
 
 __all__ = ["train", "ranks_agree"]
 
@@ -240,5 +241,5 @@ def finish(run: Run, step: int, final_loss: float, knn: float | None, t_start: f
         summary["time_budget"] = {"max_time": run.budget.label, "seconds": run.budget.seconds,
                                   "steps": run.schedule.total, "left_s": round(left, 2)}
         log.info("time budget %s: finished %d steps %s %s the budget's end", run.budget.label, step,
-                 time_budget.describe(abs(left)), "before" if left >= 0 else "after")
+                 describe(abs(left)), "before" if left >= 0 else "after")
     return summary

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from byol.data.augment import eval_transform
 from byol.base.knn import DEFAULT_K, prepare_rows, running_topk, vote
+from byol.data.augment import eval_transform
 
 BANK_BLOCK = 4096           # memory-bank rows per similarity block
 TEMPERATURE = 0.07

@@ -19,21 +19,21 @@ from torch.utils.data import DataLoader
 
 from byol.base import distributed as dist_utils
 from byol.base.atomic import stale_temp_files
-from byol.config import Config, save_config, small_stem_for
 from byol.base.errors import ConfigError
+from byol.config import Config, save_config, small_stem_for
 from byol.data import build_dataset, build_training_dataset
 from byol.data.augment import BYOLViews
 from byol.encoders.build import build_encoder, encoder_dim
 from byol.encoders.files import load_encoder
 from byol.pretrain.checkpoint import (START_ENCODER_FILE, atomic_save, write_encoder_files, find_pretrained,
                                       load_training_checkpoint, make_checkpoint)
+from byol.base.stopping import ignore_stop_signals
+from byol.pretrain.budget import Budget, resolve as resolve_budget
 from byol.pretrain.metrics import MetricsLog
 from byol.pretrain.model import OnlineNetwork, TargetNetwork
-from byol.pretrain.budget import Budget, resolve as resolve_budget
 from byol.pretrain.optim import Schedule, build_optimizer
 from byol.pretrain.small_input_conv import use_small_input_path
 from byol.pretrain.start_bn import write_start_bn_encoder
-from byol.base.stopping import ignore_stop_signals
 
 log = logging.getLogger("byol")
 

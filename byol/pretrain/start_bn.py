@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from byol.data.augment import eval_transform
 from byol.base.stopping import ignore_stop_signals
+from byol.data.augment import eval_transform
 
 START_BN_ENCODER_FILE = "encoder-start-bn.pt"    # in RUN_DIR
 BN_IMAGES = 4096          # enough for stable means and variances (32 batches of 128); a few seconds on a CPU
