@@ -40,7 +40,7 @@ def test_backbone_trains_and_extracts(name, tmp_path):
     assert summary["steps"] == 1 and np.isfinite(summary["final_loss"])
     assert 0 <= summary["knn_top1"] <= 100                                      # the kNN monitor ran
     meta = json.loads((tmp_path / "run" / "encoder.json").read_text())
-    assert meta["network"] == cfg.network.name and meta["feature_dim"] == dim      # the file names its network
+    assert meta["config"]["network"]["name"] == cfg.network.name and meta["feature_dim"] == dim   # names its network
     # the encoder file alone rebuilds the network: extraction reads nothing else
     out = extract(tmp_path / "run" / "encoder.pt", "test", tmp_path / "features", ["data.max_images=16"],
                   progress=False)

@@ -4,6 +4,7 @@ everywhere; a small stem fails loudly in a plain resnet18 (CPU, seconds)."""
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,8 +63,9 @@ def test_encoder_pt_loads_into_torchvision_resnet18(run_dir):
 
 def test_encoder_json_records_the_metadata_and_the_weights_digests(run_dir):
     meta = json.loads((run_dir / "encoder.json").read_text())
-    assert meta["format"] == "byol-encoder" and meta["version"] == 2
-    assert (meta["network"], meta["small_stem"], meta["feature_dim"]) == ("resnet18", False, 512)
+    assert meta["format"] == "byol-encoder" and meta["version"] == 3
+    assert (meta["small_stem"], meta["feature_dim"]) == (False, 512)
+    assert "network" not in meta and meta["config"]["network"]["name"] == "resnet18"   # named once, with its kwargs
     assert meta["image_size"] == 16 and meta["step"] == 1
     assert meta["normalisation"]["mean"] == list(IMAGENET_MEAN) and meta["normalisation"]["std"] == list(IMAGENET_STD)
     assert meta["config"]["data"]["name"] == "digits" and meta["config"]["data"]["max_images"] == 16
@@ -147,13 +149,24 @@ def test_extract_latent_export_and_fine_tuning_read_the_encoder_file(run_dir, tm
         assert all(torch.equal(v, state[k]) for k, v in online.encoder.state_dict().items())
 
 
+def test_a_version_2_encoder_json_still_loads(run_dir, tmp_path):
+    """Version 2 also named the network at the top level (the same name as config.network.name)."""
+    old = Path(shutil.copytree(run_dir, tmp_path / "v2"))
+    meta = json.loads((old / "encoder.json").read_text())
+    meta.update(version=2, network=meta["config"]["network"]["name"])
+    (old / "encoder.json").write_text(json.dumps(meta))
+    state, loaded = load_encoder(old / "encoder.pt")
+    assert loaded["network"] == "resnet18" and loaded["image_size"] == 16 and loaded["small_stem"] is False
+    assert load_source(old / "encoder.pt")[0].dim == 512
+
+
 def test_the_wrapped_encoder_file_of_before_the_first_release_is_refused_naming_it(run_dir, tmp_path):
     """encoder.pt as training wrote it before the first release: the state dict inside a metadata wrapper."""
     meta = json.loads((run_dir / "encoder.json").read_text())
     old = tmp_path / "old" / "encoder.pt"
     old.parent.mkdir()
     torch.save({"format": "byol-encoder", "state_dict": torch.load(run_dir / "encoder.pt", weights_only=True),
-                "network": meta["network"], "small_stem": meta["small_stem"], "step": meta["step"],
+                "network": meta["config"]["network"]["name"], "small_stem": meta["small_stem"], "step": meta["step"],
                 "config": meta["config"]}, old)
     refused = r"old/encoder\.pt' is an encoder file in the format written before byol's first release.*retrain"
     for read in (lambda: load_encoder(old), lambda: load_source(old),
@@ -175,9 +188,9 @@ def test_small_stem_encoder_fails_loudly_in_a_plain_resnet18(tmp_path):
     state = torch.load(path, weights_only=True)
     with pytest.raises(RuntimeError, match=r"size mismatch for conv1\.weight"):
         torchvision.models.resnet18().load_state_dict(state, strict=False)
-    net = build_encoder("resnet18", small_stem=True)                   # the README's one-liner
+    net = build_encoder("resnet18", small_stem=True)                   # docs/stages/pretrain.md's one-liner
     net.load_state_dict(torch.load(path, weights_only=True))           # strict: every key, nothing more
-    plain = torchvision.models.resnet18()                              # the README's recipe without byol
+    plain = torchvision.models.resnet18()                              # the same page's recipe without byol
     plain.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
     plain.maxpool, plain.fc = torch.nn.Identity(), torch.nn.Identity()
     plain.load_state_dict(state)

@@ -30,9 +30,11 @@ from byol.encoders.build import infer_resnet
 from byol.encoders.foreign import convert_foreign
 from byol.encoders.names import is_resnet_name
 
-# encoder.json: {"format": ENCODER_FORMAT, "version": 2, "network", "small_stem", "feature_dim",
-# "image_size", "normalisation": {"mean", "std"}, "step", "weights": {"pt": {"file", "sha256", "bytes"},
+# encoder.json: {"format": ENCODER_FORMAT, "version": 3, "small_stem", "feature_dim", "image_size",
+# "normalisation": {"mean", "std"}, "step", "weights": {"pt": {"file", "sha256", "bytes"},
 # "safetensors": {...}}, "config", "versions"}, written by byol.pretrain.checkpoint.write_encoder_files.
+# The network is named once, in config["network"] (name and kwargs); version 2 also had a top-level
+# "network" (the same name), still read.
 ENCODER_FORMAT = "byol-encoder"
 SAFETENSORS = ".safetensors"
 
@@ -159,7 +161,11 @@ def read_metadata(weights: Path, sha256: str) -> dict | None:
         raise CheckpointError(
             f"'{path}' does not describe '{weights}': the file's SHA-256 is {sha256}, the json records "
             f"{recorded or 'no weight files'} (the weights were replaced, or an export was cut short); {move_away}")
-    return {k: v for k, v in meta.items() if k not in ("format", "version", "weights")}
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version", "weights")}
+    network = (meta.get("config") or {}).get("network") or {}
+    if network.get("name"):              # the one copy (version 2's top-level "network" said the same)
+        meta["network"] = network["name"]
+    return meta
 
 
 def load_encoder(path: str | Path, trust: bool = False) -> tuple[dict, dict]:

@@ -106,7 +106,7 @@ def load_source(source: str | Path, overrides=(), config_file: str | Path | None
     path = Path(source)
     state, meta = load_encoder(path, trust=trust)
     cfg = load_config(config_file, overrides, base=meta.get("config"))
-    network = meta["network"]
+    network = meta["network"]    # our files: config.network.name, the copy the kwargs come from; others: inferred
     kwargs = ((meta.get("config") or {}).get("network") or {}).get("kwargs") or {}
     module = build_encoder(network, bool(meta.get("small_stem", False)), kwargs)
     size = cfg.data_transforms.input_shape[0]

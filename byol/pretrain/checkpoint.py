@@ -121,7 +121,9 @@ def write_encoder_files(cfg: Config, online: OnlineNetwork, step: int, path: Pat
         "step": str(step)}))
     weights = {p.suffix.lstrip("."): {"file": p.name, "sha256": file_sha256(p), "bytes": p.stat().st_size}
                for p in (path, tensors_path)}
-    meta = {"format": ENCODER_FORMAT, "version": 2, "network": cfg.network.name, "small_stem": small_stem_for(cfg),
+    # Version 3 names the network once, in config.network (with its kwargs); small_stem is the resolved
+    # value (the config may say None: decided by network and image size), so it is a fact of its own.
+    meta = {"format": ENCODER_FORMAT, "version": 3, "small_stem": small_stem_for(cfg),
             "feature_dim": online.projector[0].in_features, "image_size": cfg.data_transforms.input_shape[0],
             "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                               "formula": "(pixel / 255 - mean) / std, RGB"},
