@@ -37,10 +37,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                                    # run from a checkout, uninstalled
-from byol.store.writer import ShardWriter, write_manifest  # noqa: E402
+from synthetic_store import write_synthetic_store  # noqa: E402
 
 METHODS = ("logreg", "knn", "pca-logreg", "pca-knn", "linear", "mlp")
-WRITE_ROWS = 65536
 IMPORTS = ("import sys; sys.path.insert(0, '.'); import h5py, byol.command_line, byol.evaluate.runner, byol.evaluate.training, "
            "byol.evaluate.head_file, byol.evaluate.logreg, byol.evaluate.neighbors, byol.evaluate.pca, "
            "sklearn.linear_model, sklearn.decomposition, sklearn.preprocessing, safetensors.numpy; "
@@ -52,22 +51,15 @@ SOLVERS = {"knn": "running top-k over blocks (numpy)", "pca-knn": "running top-k
 
 def write_store(split_dir: Path, rows: int, dim: int, classes: int, shard_rows: int, seed: int) -> None:
     """Gaussian clusters (fixed centres, so train and test agree) written block by block: the
-    generator never holds more than WRITE_ROWS rows."""
+    generator never holds more than one block of rows (benchmarks/synthetic_store.py)."""
     centres = np.random.default_rng(12345).standard_normal((classes, dim)).astype(np.float32) * 0.15
     rng = np.random.default_rng(seed)
-    attrs = {"encoder": "synthetic", "image_size": 96}
-    settings = {"layer": "pool", "image_size": 96}
-    entries = []
-    for number, start in enumerate(range(0, rows, shard_rows)):
-        stop = min(start + shard_rows, rows)
-        with ShardWriter(split_dir, number, dim, attrs=attrs, settings=settings) as writer:
-            for lo in range(start, stop, WRITE_ROWS):
-                hi = min(lo + WRITE_ROWS, stop)
-                y = rng.integers(0, classes, hi - lo)
-                x = centres[y] + rng.standard_normal((hi - lo, dim), dtype=np.float32)
-                writer.append(x, y, np.arange(lo, hi))
-        entries.append(writer.entry)
-    write_manifest(split_dir, entries, dim, "float32", settings, attrs)
+
+    def make_rows(lo: int, hi: int):
+        y = rng.integers(0, classes, hi - lo)
+        return centres[y] + rng.standard_normal((hi - lo, dim), dtype=np.float32), y
+    write_synthetic_store(split_dir, rows, dim, shard_rows, make_rows, {"encoder": "synthetic", "image_size": 96},
+                          {"layer": "pool", "image_size": 96})
 
 
 def write_stores(jobs: list, args) -> None:

@@ -46,8 +46,8 @@ MARKER = "packed.json"                      # written last: its presence means t
 SOURCE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar"
 TARGET_KNN = 80.0
 # Workers: the GPU machine has 16 cores. One process decoded these 32 px JPEGs and cut both crops
-# of each at ~2,400 img/s on this 2-core CPU (FolderCropViews, one thread; the README's ~650 img/s
-# per worker is for 500x375 photos at 96 px), so 12 workers feed ~29,000 img/s: above what one GPU
+# of each at ~2,400 img/s on this 2-core CPU (FolderCropViews, one thread; the ~650 img/s per worker
+# of docs/measurements/performance.md is for 500x375 photos at 96 px), so 12 workers feed ~29,000 img/s: above what one GPU
 # trains ResNet-18 BYOL at 32 px (an estimate, ~10-20k img/s: gpu_busy_share says if it fell
 # short), leaving 4 cores to the main process (kernel launches), the pin-memory thread and sampling.
 GPU_WORKERS = 12
@@ -197,7 +197,7 @@ def stores(summary: dict, recipe: Path, settings: list[str], workdir: Path, smok
 
 def probes(split_dirs: dict, workdir: Path, smoke: bool) -> dict:
     """Top-1 % of logreg and kNN on each representation (C and k chosen on a validation split of
-    train); raw pixels go through PCA to 128 first, as the README's learning check scores them.
+    train); raw pixels go through PCA to 128 first, as the learning check (docs/measurements/learning.md) scores them.
     The smoke run checks plumbing, not accuracy: one C, one k and 50 lbfgs iterations (on a few
     dozen separable rows lbfgs otherwise runs all 1,000) keep it to seconds."""
     from byol.evaluate.options import Options

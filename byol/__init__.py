@@ -3,7 +3,7 @@
     from byol import BYOL      # wrap any nn.Module: loss = learner(images); learner.update_target()
     from byol import train     # the full trainer: byol.train(byol.load_config("config.yaml"))
 
-The stages, one package each, bottom up (see the README's layout section; tests/test_imports.py
+The stages, one package each, bottom up (see docs/reference/layout.md; tests/test_imports.py
 keeps every import pointing down this list):
 
     byol.base       errors, atomic writes, locks, signals, devices, durations, the kNN core

@@ -80,15 +80,15 @@ class Trainer:
     use_momentum: bool = True        # false: target = online (stop-grad), i.e. SimSiam
     checkpoint_interval: int = 5000  # steps between checkpoints (plus one at each epoch end)
     epoch_checkpoints: bool = True   # false: no checkpoint at epoch ends (the interval's and the last still written)
-    max_epochs: int = 80
+    max_epochs: int = 80             # passes over the training split (max_steps and max_time can end it sooner)
     max_steps: int = 0               # >0 stops after this many steps (overrides max_epochs)
     max_time: float | str = 0.0      # time budget: 90s | 45m | 2h | 1h30m | seconds | slurm (this job's time
                                      # left); 0 = off. Sets the steps so the schedules end at it (max_epochs
                                      # and max_steps become upper bounds); the chosen total is saved as max_steps
     max_time_margin: float | str = 300.0  # (5m) max_time=slurm: time kept back for the last checkpoint and export
     num_workers: int = 4             # DataLoader workers (image decoding / file reads)
-    run_dir: str = "runs/byol"
-    seed: int = 0
+    run_dir: str = "runs/byol"       # where the run writes: config.yaml, metrics, checkpoints/, encoder.pt
+    seed: int = 0                    # seeds initialisation, data order and augmentations (resume is exact)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     precision: str = "auto"          # auto (bf16 where fast, else fp32) | fp32 | bf16 | fp16 (CUDA)
     channels_last: bool = True       # NHWC convolutions: faster with bf16 on CPU and on GPUs
@@ -101,9 +101,9 @@ class Trainer:
 
 @dataclass
 class OptimizerParams:
-    lr: float = 0.03
-    momentum: float = 0.9
-    weight_decay: float = 0.0004
+    lr: float = 0.03                 # the base learning rate (before lr_scaling and the schedule)
+    momentum: float = 0.9            # SGD and LARS momentum (adam: unused, torch's default betas)
+    weight_decay: float = 0.0004     # L2 weight decay (adam: added to the gradient, as torch.optim.Adam does)
 
 
 @dataclass

@@ -4,7 +4,7 @@ embeddings and raw pixels) -> every evaluation -> RUN_DIR/report.md with the ver
     python -m byol.pipeline --config configs/demo.yaml          # embedded digits, a few minutes on CPU
     python -m byol.pipeline --config config.yaml trainer.max_epochs=10 data.root=/data
 
-Each stage writes files the next one reads (see README), so a rerun picks up where it stopped:
+Each stage writes files the next one reads (docs/stages/pipeline.md), so a rerun picks up where it stopped:
 training resumes from RUN_DIR/checkpoints/last.pt, extraction skips finished shards, and
 evaluation writes new result files rather than overwriting. The train/test splits are
 `data.knn_train_split` and `data.eval_split` of the config (labelled splits). The encoder training

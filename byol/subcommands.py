@@ -9,8 +9,10 @@ same function as the script or module it mirrors.
     byol export ...       = python -m byol.extract.export_command ...
     byol pipeline ...     = python -m byol.pipeline ...
     byol report ...       = python -m byol.report ...
+    byol search ...       = python -m byol.search ...
+    byol duplicates ...   = python -m byol.search.duplicates_command ...
 
-One command rather than eight scripts: generic names such as `extract` or `report` would clash on
+One command rather than ten scripts: generic names such as `extract` or `report` would clash on
 users' PATHs, and `byol --help` lists every stage in one place. Subcommands are imported only when
 run, so `byol eval` never imports torch.
 """
@@ -31,6 +33,8 @@ SUBCOMMANDS = {
     "export": ("byol.extract.export_command", "export the encoder to TorchScript or ONNX"),
     "pipeline": ("byol.pipeline", "train, extract, evaluate and report in one command"),
     "report": ("byol.report.report_command", "report.md and plots from a run directory"),
+    "search": ("byol.search.search_command", "the nearest stored images of any images (or store rows)"),
+    "duplicates": ("byol.search.duplicates_command", "groups of near-duplicate images in a feature store"),
 }
 
 

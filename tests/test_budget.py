@@ -96,7 +96,7 @@ def test_a_budget_changes_no_setting_but_the_step_count(budget_run):
 
 
 def test_with_m_auto_tau_switches_once_from_the_upper_bounds_base_to_the_budgets(budget_run):
-    """What the README says happens: until the first estimate tau follows the upper bound's base rate (1,000
+    """What docs/how-to/time-budget-slurm.md says happens: until the first estimate tau follows the upper bound's base rate (1,000
     steps here), then the chosen total's (30 steps), once; otherwise it only rises (its cosine to 1)."""
     run, _, _ = budget_run
     taus = [r["tau"] for r in rows(run)]

@@ -1,7 +1,7 @@
-"""The design's import rules (imports point down the stream; the README's layout section), read
+"""The design's import rules (imports point down the stream; docs/reference/layout.md), read
 from the source with `ast`, nothing imported:
 
-- imports point down the house: every module has a level (LEVELS below, the README's layout
+- imports point down the house: every module has a level (LEVELS below, docs/reference/layout.md's
   table), and no import, at module level or inside a function, reaches a higher level;
 - no import cycle among byol's modules at module level (top-level imports; `if TYPE_CHECKING:`
   blocks aside), so any module can be the first one imported;
@@ -77,11 +77,12 @@ def imports(module: str, nodes) -> list[tuple[str, str | None, str]]:
 LEVELS = {
     "byol": 0, "byol.base": 0,                      # the ground floor (the package root holds only __version__)
     "byol.config": 1, "byol.encoders.names": 1,     # the schema, and the network-name facts it checks
+    "byol.config_doc": 1,                           # the schema's reference page, generated from it
     "byol.command_line": 2, "byol.store": 2,        # every command's conventions; the HDF5 feature store
     "byol.data": 3, "byol.encoders": 3, "byol.evaluate": 3,   # images in; networks; probes over stores
     "byol.pretrain": 4,
     "byol.extract": 5,
-    "byol.report": 6,
+    "byol.report": 6, "byol.search": 6,              # what the stores are for: reports, search, duplicates
     "byol.api": 7, "byol.pipeline": 7, "byol.eval_command": 7, "byol.subcommands": 7, "byol.__main__": 7,
 }
 

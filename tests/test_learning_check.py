@@ -1,7 +1,7 @@
 """benchmarks/learning_check.py end to end on a tiny image folder the test writes (two colour classes).
 
-The benchmark is run for real on CIFAR-10 (README); here only its contract is checked: the stages
-run, the last line is the JSON the README documents, the margins are computed from the rows, the
+The benchmark is run for real on CIFAR-10 (docs/measurements/learning.md); here only its contract is checked: the stages
+run, the last line is the JSON the docs document, the margins are computed from the rows, the
 untrained-encoder control is the run's encoder-start.pt (the seeded initial network), and the skip flags drop their rows.
 """
 import json

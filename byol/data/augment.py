@@ -46,7 +46,7 @@ def blur_kernel_size(size: int) -> int:
 def blur_enabled(setting: bool | None, size: int) -> bool:
     """data_transforms.blur: true/false, or None = auto: off at <= 32 px, as CIFAR recipes do
     (solo-learn, lightly, SimCLR's CIFAR setup), where a 3-px kernel with sigma up to 2 turns a view
-    into a box-filtered copy; on above. See the README's learning-check table for the measurement."""
+    into a box-filtered copy; on above. The measurement: docs/measurements/learning.md."""
     return (size > BLUR_AUTO_ABOVE) if setting is None else bool(setting)
 
 

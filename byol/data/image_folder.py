@@ -26,7 +26,7 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 WHOLE_FOLDER_SPLITS = ("train", "train+unlabeled", "unlabeled", "all")   # may read ROOT itself
 
 
-def _split_folders(root: Path, split: str) -> tuple[Path, list[Path]]:
+def split_folders(root: Path, split: str) -> tuple[Path, list[Path]]:
     """-> (folder that relative paths start from, folders to scan) for `split`.
 
     ROOT/<split>/ when it exists; 'a+b' reads the existing ROOT/a/ and ROOT/b/; a training split
@@ -153,7 +153,7 @@ class ImageFolder(Dataset):
             raise DataError(f"on_bad_image must be skip or error, got {on_bad_image!r}")
         self.root, self.split, self.image_size = Path(root), split, image_size
         self.on_bad_image = on_bad_image
-        self.folder, folders = _split_folders(self.root, split)
+        self.folder, folders = split_folders(self.root, split)
         found = find_images(folders, self.folder)
         if not found:
             raise DataError(f"image folder '{self.folder}' holds no images ({' '.join(EXTENSIONS)}); "

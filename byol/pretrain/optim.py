@@ -127,7 +127,7 @@ def base_ema_rate(m: float | str, total_steps: int) -> float:
     1000 epochs = 312k steps -> 0.995, paper 0.996; 300 epochs = 94k -> 0.990, paper 0.99; 40 epochs
     = 12.5k -> 0.973, DeepMind's 0.97), and moves the target faster in short runs (1,000 steps ->
     0.905). Measured on CIFAR-10 at 160 steps (auto = 0.9 there) it was no better than 0.99 (the
-    README's learning check), so config.yaml and the short-budget recipe keep fixed values."""
+    learning check in docs/measurements/learning.md), so config.yaml and the short-budget recipe keep fixed values."""
     if m != "auto":
         return float(m)
     lo, hi = AUTO_TAU_RANGE

@@ -144,7 +144,7 @@ def prepare_run(cfg: Config, ctx: dist_utils.Context, resume: Path | None, start
     online, target = build_networks(cfg)
     if cfg.network.small_stem is None and small_stem_for(cfg) and device.type == "cpu" and ctx.is_main:
         log.info("network.small_stem: auto chose the small stem for %d px views, which runs ~14x slower than the "
-                 "standard stem on a CPU; configs/short_cpu.yaml sets network.small_stem=false (README: How long "
+                 "standard stem on a CPU; configs/short_cpu.yaml sets network.small_stem=false (docs/measurements/learning.md: How long "
                  "on a CPU?)", size)
     if ctx.distributed and device.type == "cuda":
         online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(online)   # BN over the global batch

@@ -12,7 +12,7 @@ checks the input's size at each call and takes the exact matrix-product path onl
 1x1 and every input pixel lies inside the kernel window; otherwise it is a plain Conv2d. Parameters,
 state-dict keys and results (up to float rounding) are unchanged, so `encoder.pt` still loads into a
 plain torchvision ResNet; the off-window taps get the zero gradient a convolution would give them.
-Measured on that CPU (benchmarks/train_throughput.py rows in the README): 56 -> 103 img/s at 32 px.
+Measured on that CPU (benchmarks/train_throughput.py rows in docs/measurements/performance.md): 56 -> 103 img/s at 32 px.
 """
 from __future__ import annotations
 
