@@ -40,8 +40,7 @@ def _comments(cls) -> dict[str, str]:
         if tok.type == tokenize.NAME and tok.start[1] == 4 and i + 1 < len(tokens) and tokens[i + 1].string == ":":
             current, column = tok.string, None
         elif tok.type == tokenize.COMMENT and current is not None:
-            line_start = all(t.type in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
-                             for t in tokens[i - 1:i] if t.start[0] == tok.start[0])
+            line_start = tok.line.lstrip().startswith("#")      # alone on its line: a continuation
             if column is None and not line_start:        # on the field's own line
                 comments[current], column = tok.string.lstrip("# ").rstrip(), tok.start[1]
             elif column is not None and tok.start[1] == column:   # a continued comment, aligned

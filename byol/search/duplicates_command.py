@@ -40,13 +40,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from byol.base.atomic import atomic_write_text
 from byol.base.errors import ConfigError
 from byol.command_line import add_overwrite_argument, parse_arguments, run_command
 from byol.search.contact_sheet import draw_sheet, short
 from byol.search.nearest import BLOCK_ROWS, MAX_PER_ITEM, duplicate_pairs, group_pairs, require_rows
+from byol.search.search_command import refuse_existing
 from byol.search.store_images import StoreImages
 
 DEFAULT_THRESHOLD = 0.99
@@ -65,20 +64,18 @@ def find_duplicates(store_dir, out, threshold: float = DEFAULT_THRESHOLD, max_pe
     if max_per_item < 1:
         raise ConfigError(f"--max-per-item must be >= 1, got {max_per_item}")
     out = Path(out)
-    found = [name for name in OUTPUTS if (out / name).is_file()]
-    if found and not overwrite:
-        raise ConfigError(f"--out '{out}' already holds {found[0]}; choose another --out or pass --overwrite")
+    refuse_existing(out, OUTPUTS, overwrite)
     store = FeatureStore.open(store_dir)
     require_rows(store)
     found = duplicate_pairs(store, threshold, max_per_item, center, block_rows)
     groups = group_pairs(found.pairs, found.similarity)
-    pairs = found.pairs
     images = StoreImages(store)
-    names = [[next(iter(who.values())) for who in images.names(g["rows"])] for g in groups]
+    flat = iter(next(iter(who.values())) for who in images.names([r for g in groups for r in g["rows"]]))
+    names = [[next(flat) for _ in g["rows"]] for g in groups]       # one read of the store for all groups
     atomic_write_text(out / "duplicates.json", json.dumps({
         "threshold": threshold, "groups": names, "group_rows": [g["rows"] for g in groups],
         "group_similarity": [[round(x, 6) for x in g["similarity"]] for g in groups],
-        "n_pairs": len(pairs), "metric": "cosine of the rows' deviations from the store's mean row" if center else
+        "n_pairs": len(found.pairs), "metric": "cosine of the rows' deviations from the store's mean row" if center else
         "cosine", "max_per_item": max_per_item, "store": str(store.split_dir),
         "nearest_similarity_quantiles": found.nearest_quantiles(),
         "names_are": "paths" if store.has_paths else "dataset items"}, indent=1) + "\n")
@@ -87,7 +84,7 @@ def find_duplicates(store_dir, out, threshold: float = DEFAULT_THRESHOLD, max_pe
              for g, n in zip(groups[:sheet_groups], names)]
     draw_sheet(sheet, out / "duplicates.png", f"{len(groups)} groups of near-duplicates at cosine >= {threshold} "
                f"in {store.split_dir.name}; similarity to each group's first image under each")
-    return {"n_rows": store.n_rows, "threshold": threshold, "n_pairs": len(pairs), "n_groups": len(groups),
+    return {"n_rows": store.n_rows, "threshold": threshold, "n_pairs": len(found.pairs), "n_groups": len(groups),
             "n_rows_in_groups": sum(len(g["rows"]) for g in groups), "store": str(store.split_dir),
             "nearest_similarity_quantiles": found.nearest_quantiles(),
             "outputs": [str(out / name) for name in OUTPUTS], "seconds": round(time.perf_counter() - began, 2)}

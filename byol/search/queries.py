@@ -59,13 +59,13 @@ def split_queries(queries: list[str], n_rows: int) -> list:
 
 def load_store_encoder(store, checkpoint: str | None, device: str, trust: bool = False):
     """The encoder that wrote `store`'s rows, checked against the store: an EncoderSource on `device`."""
-    from byol.encoders.source import load_source
+    from byol.encoders.source import PIXELS, load_source
     recorded = store.attrs.get("checkpoint")
     path = checkpoint or recorded
     if not path:
         raise ConfigError(f"{store.split_dir}: the store records no checkpoint: pass --checkpoint (the one it "
                           "was extracted with) to embed image queries")
-    if not Path(path).is_file() and path != "pixels":
+    if not Path(path).is_file() and path != PIXELS:
         raise ConfigError(f"checkpoint '{path}' (recorded by {store.split_dir}) is not a file here: "
                           "pass --checkpoint with the one the store was extracted with")
     from byol.base.distributed import resolve_device

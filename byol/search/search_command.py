@@ -54,7 +54,7 @@ def search(queries: list[str], store_dir, out, k: int = 10, checkpoint: str | No
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
     out = Path(out)
-    _refuse_existing(out, overwrite)
+    refuse_existing(out, OUTPUTS, overwrite)
     store = FeatureStore.open(store_dir)
     require_rows(store)
     parsed = split_queries(queries, store.n_rows)
@@ -101,8 +101,9 @@ def _sheet_images(images: StoreImages, sheet: list) -> list:
             for q, found, captions in sheet]
 
 
-def _refuse_existing(out: Path, overwrite: bool) -> None:
-    found = [name for name in OUTPUTS if (out / name).is_file()]
+def refuse_existing(out: Path, outputs: tuple, overwrite: bool) -> None:
+    """Earlier results in --out are replaced only when asked (both search commands)."""
+    found = [name for name in outputs if (out / name).is_file()]
     if found and not overwrite:
         raise ConfigError(f"--out '{out}' already holds {found[0]}; choose another --out or pass --overwrite")
 

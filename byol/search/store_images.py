@@ -65,12 +65,14 @@ class StoreImages:
     def class_names(self, rows) -> list[str]:
         """Per row: its class name where the store has labels and class names, else ""."""
         classes = list(self.store.attrs.get("classes") or [])
-        labels = self.store.take(np.asarray(rows, np.int64), "labels") if classes else []
-        return [str(classes[y]) if 0 <= y < len(classes) else "" for y in np.asarray(labels).tolist()] or \
-            [""] * len(rows)
+        if not classes:
+            return [""] * len(rows)
+        labels = self.store.take(np.asarray(rows, np.int64), "labels").tolist()
+        return [str(classes[y]) if 0 <= y < len(classes) else "" for y in labels]
 
     def _paths(self, rows: np.ndarray) -> list[str]:
-        folder = self.source() if isinstance(self.source(), Path) else None
+        source = self.source()
+        folder = source if isinstance(source, Path) else None
         return [str(folder / p) if folder is not None and not Path(p).is_absolute() else str(p)
                 for p in self.store.take(rows, "paths")]
 
