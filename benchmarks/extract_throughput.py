@@ -4,6 +4,7 @@
            --image-size 96 [--throughput-images 2000 --rounds 3] [--device cuda] [--channels-last]
     python benchmarks/extract_throughput.py --rounds 0 --n-images 2000 20000 200000 --image-size 16
                                                    # memory only: is peak RSS flat in the row count?
+    python benchmarks/extract_throughput.py --no-memory ...   # throughput only (the GPU check's CPU run)
 
 Writes a random STL-10 train file of 96x96 images (`write_stl10_binary`) and a randomly
 initialised torchvision-style checkpoint into a temp dir, then, in fresh child processes:
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="sizes whose extraction peak RSS is compared (each in a fresh process)")
     ap.add_argument("--throughput-images", type=int, default=2000, help="images per throughput round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating encoder-only/extraction rounds")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="skip the peak-RSS runs (one process per --n-images value): throughput only")
     ap.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet34", "resnet50"))
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--image-size", type=int, default=96)
@@ -180,16 +183,16 @@ def main(argv: list[str] | None = None) -> dict:
                   f"alone ({speed['encoder_only_img_per_s']:.1f}); median per-round ratio "
                   f"{speed['median_ratio']:.3f}; CPU-time ratio {speed['cpu_ratio']:.3f}", flush=True)
         memory = []
-        for n in sizes:
+        for n in sizes if not args.no_memory else []:
             memory.append(run_child("rss", n))
             print(f"  extract n={n:>7}: peak RSS {memory[-1]['peak_rss_mb']:8.1f} MB (at the end: anonymous "
                   f"{memory[-1]['anon_rss_mb']} MB, file-backed {memory[-1]['file_rss_mb']} MB), "
                   f"{memory[-1]['img_per_s']:.1f} img/s", flush=True)
     result = {**{key: speed.get(key) for key in ("n_images", "img_per_s", "encoder_only_img_per_s", "ratio",
                                                  "median_ratio", "cpu_ratio")},
-              "peak_rss_mb": memory[-1]["peak_rss_mb"],
+              "peak_rss_mb": memory[-1]["peak_rss_mb"] if memory else None,
               "peak_rss_by_n": {str(m["n_images"]): m["peak_rss_mb"] for m in memory},
-              "rss_growth_mb": round(memory[-1]["peak_rss_mb"] - memory[0]["peak_rss_mb"], 1),
+              "rss_growth_mb": round(memory[-1]["peak_rss_mb"] - memory[0]["peak_rss_mb"], 1) if memory else None,
               "arch": args.arch, "batch_size": args.batch_size, "image_size": args.image_size,
               "device": args.device, "precision": args.precision, "channels_last": args.channels_last,
               "throughput_rounds": speed["rounds"], "rss_runs": memory}

@@ -1,12 +1,49 @@
-"""Fixtures shared by several test files (their helpers and constants: tests/testkit.py)."""
+"""Fixtures shared by several test files (their helpers and constants: tests/testkit.py), and how the
+suite spreads over the cores.
+
+`python -m pytest` runs on pytest-xdist workers (pyproject.toml: `-n auto --dist worksteal`): one a
+core, at most 4, each with its share of the cores as torch threads. Measured on 2 cores: 2 workers of
+1 thread took 7 min 49 s where one process of 2 threads took 12 min 0 s; 2 workers of 2 threads each
+took 13 min 44 s (their OpenMP threads wait on one another). `python -m pytest -n 0` runs in one process.
+"""
 import hashlib
+import json
+import os
 import shutil
 from pathlib import Path
 
-import pytest
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:     # an xdist worker, before anything imports torch
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0))
+                                                        // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-from byol.pipeline import run_pipeline
-from testkit import TINY_RESNET, clusters, write_store
+import pytest                                        # noqa: E402
+from filelock import FileLock                        # noqa: E402  (torch's own dependency)
+
+from byol.pipeline import run_pipeline               # noqa: E402
+from testkit import TINY_RESNET, clusters, write_store   # noqa: E402
+
+MAX_WORKERS = 4     # each holds torch and its tests' runs: 2 workers took at most 4.1 GB more than the idle machine
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per core this process may use, at most MAX_WORKERS."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """FOLDER/name, built by `build(folder)` once per session however many xdist workers ask for it: the
+    first builds it under a file lock, the others wait and read it. Returns the folder."""
+    base = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        base = base.parent                           # the session's folder, above every worker's own
+    folder, done = base / f"shared-{name}", base / f"shared-{name}.done"
+    with FileLock(str(base / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)    # a build that failed half-way
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_TINY = ["data.max_images=360", "data_transforms.input_shape=(16,16,3)", "network.small_stem=false",
@@ -18,10 +55,12 @@ PIPELINE_TINY = ["data.max_images=360", "data_transforms.input_shape=(16,16,3)",
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory):
     """One tiny run of the whole pipeline on the embedded digits: (run dir, its summary)."""
-    run = tmp_path_factory.mktemp("pipeline") / "run"
-    summary = run_pipeline(str(REPO / "configs" / "demo.yaml"), PIPELINE_TINY + [f"trainer.run_dir={run}"],
-                           head_epochs=2)
-    return run, summary
+    def build(folder: Path) -> None:
+        summary = run_pipeline(str(REPO / "configs" / "demo.yaml"),
+                               PIPELINE_TINY + [f"trainer.run_dir={folder / 'run'}"], head_epochs=2)
+        (folder / "summary.json").write_text(json.dumps(summary))
+    folder = built_once(tmp_path_factory, "pipeline", build)
+    return folder / "run", json.loads((folder / "summary.json").read_text())
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -39,8 +78,8 @@ def trained_run(tmp_path_factory):
     """
     from byol.config import load_config
     from byol.pretrain.loop import train
-    run = tmp_path_factory.mktemp("trained") / "run"
-    train(load_config(None, TINY_RESNET + [f"trainer.run_dir={run}", "trainer.max_steps=1"]))
+    run = built_once(tmp_path_factory, "trained", lambda folder: train(load_config(
+        None, TINY_RESNET + [f"trainer.run_dir={folder / 'run'}", "trainer.max_steps=1"]))) / "run"
     before = _digests(run)
     yield run
     assert _digests(run) == before, f"a test changed the shared trained run {run}: use trained_run_copy"

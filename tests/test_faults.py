@@ -45,7 +45,8 @@ TRAIN_ARGS = TINY + ["trainer.max_steps=10", "trainer.checkpoint_interval=1", "t
 # CI runs one trial of each kind (seeded: the same kill moments every run; a trial costs 10-20 s);
 # `-m slow` runs the other 13, which is where the coverage is.
 FAST_TRIALS, SLOW_TRIALS = 1, 13
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+# the commands run with this process's thread count: the in-process references then match them bit for bit
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -107,9 +108,9 @@ def finish(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> dict:
-    """The uninterrupted run, by the same command the trials use."""
+    """The uninterrupted run: what the trials' command runs, in this process (no process is under test here)."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    finish(start_training(run))
+    train(load_config(REPO / "config.yaml", [*TRAIN_ARGS, f"trainer.run_dir={run}"]))    # as main.py reads it
     return final_state(run)
 
 
@@ -223,7 +224,8 @@ def store_digest(split_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference_store(tmp_path_factory, encoder_path) -> dict:
     out = tmp_path_factory.mktemp("reference-store")
-    subprocess.run(extract_command(encoder_path, out), cwd=REPO, env=ENV, check=True, capture_output=True)
+    extract(encoder_path, "train", out, ["data.max_images=480"], rows_per_shard=48, batch_size=8,
+            num_workers=0, progress=False)                  # what extract_command(...) runs, in this process
     return store_digest(out / "train")
 
 

@@ -31,7 +31,8 @@ def online_weights(run_dir):
 
 def test_training_writes_run_dir_checkpoint_and_encoder(tmp_path):
     summary = train(tiny_config(tmp_path, "trainer.max_epochs=2", "trainer.knn_every=1",   # ResNet-18: encoder.pt
-                                "data.eval_split=test", base=TINY_RESNET))                    # is torchvision's
+                                "data.eval_split=test", "data_transforms.input_shape=(16,16,3)",  # is torchvision's
+                                base=TINY_RESNET))
     run = tmp_path / "run"
     assert summary["steps"] == 12 and summary["knn_top1"] >= 0      # 96 images / 16 = 6 per epoch
     assert (run / "config.yaml").is_file()
@@ -46,8 +47,8 @@ def test_training_writes_run_dir_checkpoint_and_encoder(tmp_path):
     cfg = tiny_config(tmp_path, "data.eval_split=test")          # the starting weights, scored on their own
     start = build_encoder("resnet18")
     start.load_state_dict(torch.load(run / "encoder-start.pt", weights_only=True))
-    sets = [build_dataset(cfg.data, 32, split) for split in ("train", "test")]
-    assert knn[0]["knn_top1"] == pytest.approx(knn_top1(start, *sets, 32, torch.device("cpu")))
+    sets = [build_dataset(cfg.data, 16, split) for split in ("train", "test")]
+    assert knn[0]["knn_top1"] == pytest.approx(knn_top1(start, *sets, 16, torch.device("cpu")))
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 12 and ckpt["config"]["trainer"]["max_epochs"] == 2
     assert set(ckpt) >= {"online", "target", "optimizer", "rng", "versions"}
@@ -177,8 +178,10 @@ def test_bf16_loss_curve_tracks_fp32(tmp_path):
     for precision in ("fp32", "bf16"):
         run = tmp_path / precision
         # ResNet-18: how bf16 rounds depends on the layers (the tiny network's hardswish and squeeze-excite
-        # drift more); no checkpoints at epoch ends, which are not what this test is about
-        train(load_config(None, TINY_RESNET + [f"trainer.run_dir={run}", f"trainer.precision={precision}",
+        # drift more), at 16 px (2.4x faster than 32 px, the curves as close: mean gap 0.054 against 0.080,
+        # the bound 0.09); no checkpoints at epoch ends, which are not what this test is about
+        train(load_config(None, TINY_RESNET + ["data_transforms.input_shape=(16,16,3)",
+                                               f"trainer.run_dir={run}", f"trainer.precision={precision}",
                                                "trainer.channels_last=true", "trainer.max_steps=24",
                                                "trainer.epoch_checkpoints=false", "optimizer.params.lr=0.1"]))
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
