@@ -216,6 +216,12 @@ def extract_command(encoder: Path, out: Path) -> list[str]:
             "data.max_images=480"]
 
 
+def extract_in_process(encoder: Path, out: Path) -> dict:
+    """What `extract_command(encoder, out)` runs, in this process."""
+    return extract(encoder, "train", out, ["data.max_images=480"], rows_per_shard=48, batch_size=8,
+                   num_workers=0, progress=False)
+
+
 def store_digest(split_dir: Path) -> dict:
     FeatureStore.open(split_dir, verify=True)
     return {p.name: file_sha256(p) for p in sorted(split_dir.glob("shard-*.h5"))}
@@ -224,8 +230,7 @@ def store_digest(split_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference_store(tmp_path_factory, encoder_path) -> dict:
     out = tmp_path_factory.mktemp("reference-store")
-    extract(encoder_path, "train", out, ["data.max_images=480"], rows_per_shard=48, batch_size=8,
-            num_workers=0, progress=False)                  # what extract_command(...) runs, in this process
+    extract_in_process(encoder_path, out)
     return store_digest(out / "train")
 
 
@@ -337,27 +342,25 @@ def test_shard_write_on_a_full_disk_keeps_finished_shards(tmp_path, encoder_path
             no_space()
         return real_write(self, key, value)
     monkeypatch.setattr(h5py.Dataset, "__setitem__", write_until_full)
-    args = dict(rows_per_shard=48, batch_size=8, num_workers=0, progress=False)
     with pytest.raises(WriteError, match=r"shard-00003\.h5': No space left on device"):
-        extract(encoder_path, "train", tmp_path, ["data.max_images=480"], **args)
+        extract_in_process(encoder_path, tmp_path)
     split = tmp_path / "train"
     kept = {p.name: file_sha256(p) for p in sorted(split.glob("shard-*.h5"))}
     assert kept == {k: v for k, v in reference_store.items() if k < "shard-00003.h5"}
     assert not list(split.glob(".shard-*")) and not (split / "manifest.json").exists()
     monkeypatch.undo()
-    resumed = extract(encoder_path, "train", tmp_path, ["data.max_images=480"], **args)
+    resumed = extract_in_process(encoder_path, tmp_path)
     assert resumed["reused_shards"] == 3 and store_digest(split) == reference_store
 
 
 # --------------------------------------------------------------------------- two writers
 
 def test_second_extraction_into_a_locked_store_refuses_with_the_holder(tmp_path, encoder_path, reference_store):
-    args = dict(rows_per_shard=48, batch_size=8, num_workers=0, progress=False)
     with exclusive_writer(tmp_path / "train"):
         with pytest.raises(StoreError, match=rf"'{tmp_path / 'train'}' is being written by another extraction "
                                              rf"\(pid {os.getpid()} on .*\); wait for it"):
-            extract(encoder_path, "train", tmp_path, ["data.max_images=480"], **args)
-    extract(encoder_path, "train", tmp_path, ["data.max_images=480"], **args)    # the lock went with its holder
+            extract_in_process(encoder_path, tmp_path)
+    extract_in_process(encoder_path, tmp_path)    # the lock went with its holder
     assert store_digest(tmp_path / "train") == reference_store
 
 
