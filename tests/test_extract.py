@@ -21,7 +21,8 @@ from byol.encoders.build import build_encoder
 from byol.extract.extract_command import extract, main
 from byol.store import FeatureStore, shard_name
 
-from testkit import run_cli, write_stl10_binary
+import warm_process
+from testkit import REPO, write_stl10_binary
 
 FAST = dict(rows_per_shard=40, batch_size=16, progress=False)   # 96 test digits -> 3 shards
 
@@ -195,13 +196,15 @@ def test_image_folder_stores_relative_paths(run_dir, tmp_path):
     assert shard_hashes(tmp_path / "b" / "train") == shard_hashes(tmp_path / "a" / "train")
 
 
+@pytest.mark.long
 def test_torchrun_two_processes_hold_each_sample_once(run_dir, tmp_path):
     one = extract(run_dir / "encoder.pt", "test", tmp_path / "one", rows_per_shard=20, batch_size=16,
                   progress=False)
-    proc = run_cli("-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29531",
-                   "-m", "byol.extract", run_dir / "encoder.pt", "--split", "test", "--out", tmp_path / "two",
-                   "--rows-per-shard", "20", "--batch-size", "16", "--device", "cpu", "--no-progress",
-                   env={"OMP_NUM_THREADS": "1"}, timeout=180)
+    # the launcher a warm fork, its workers cold processes (torchrun starts them: 1 OpenMP thread each)
+    proc = warm_process.run(["-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29531",
+                             "-m", "byol.extract", run_dir / "encoder.pt", "--split", "test", "--out", tmp_path / "two",
+                             "--rows-per-shard", "20", "--batch-size", "16", "--device", "cpu", "--no-progress"],
+                            cwd=REPO, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["world_size"] == 2 and summary["n_rows"] == 96 and summary["n_shards"] == one["n_shards"] == 5
@@ -231,6 +234,7 @@ def test_cli_prints_json_and_reports_bad_input_in_one_line(run_dir, tmp_path, ca
         assert stopped.value.code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
         assert named in err
 
-    proc = run_cli("-m", "byol.extract", tmp_path / "nope.pt", "--out", tmp_path / "g", timeout=120)
+    proc = warm_process.run(["-m", "byol.extract", tmp_path / "nope.pt", "--out", tmp_path / "g"], cwd=REPO,
+                            timeout=120)    # a process of its own: what the shell sees
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "nope.pt" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,8 +1,8 @@
 """Fault injection: SIGKILL at random moments of training and extraction, a disk that fills up,
 and two extractions racing for one store. Nothing may be lost and no result may differ.
 
-Kill trials run the real commands (`python main.py`, `python -m byol.extract`) as subprocesses and
-kill them with SIGKILL (no handler runs, as with the OOM killer or a lost node) at moments drawn
+Kill trials run the real commands (`python main.py`, `python -m byol.extract`) as processes of their
+own (warm forks, tests/warm_process.py: torch and the like already imported) and kill them with SIGKILL (no handler runs, as with the OOM killer or a lost node) at moments drawn
 from a seeded RNG: right after a given step or shard lands (often inside the checkpoint or shard
 write that follows), or at a random time after start-up. Each trial then reruns the command
 (`--resume` for training) until it finishes, and compares the result with an uninterrupted run:
@@ -15,10 +15,7 @@ import errno
 import hashlib
 import os
 import random
-import resource
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -39,14 +36,16 @@ from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
 from byol.store import FeatureStore
 
+import warm_process
 from testkit import REPO, TINY
 
 TRAIN_ARGS = TINY + ["trainer.max_steps=10", "trainer.checkpoint_interval=1", "trainer.seed=3"]
 # CI runs one trial of each kind (seeded: the same kill moments every run; a trial costs 10-20 s);
 # `-m slow` runs the other 13, which is where the coverage is.
 FAST_TRIALS, SLOW_TRIALS = 1, 13
-# the commands run with this process's thread count: the in-process references then match them bit for bit
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+# warm forks run at this process's thread count (their torch loaded with its environment): the
+# in-process references match them bit for bit
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -79,16 +78,16 @@ def logged_steps(run_dir: Path) -> int:
         return 0
 
 
-def start_training(run_dir: Path) -> subprocess.Popen:
+def start_training(run_dir: Path) -> warm_process.WarmProcess:
     """`python main.py --resume RUN_DIR` once the run has written its config; a fresh start before that."""
     if (run_dir / "config.yaml").exists():
-        cmd = [sys.executable, "main.py", "--resume", str(run_dir)]
+        cmd = ["main.py", "--resume", run_dir]
     else:
-        cmd = [sys.executable, "main.py", *TRAIN_ARGS, f"trainer.run_dir={run_dir}"]
-    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cmd = ["main.py", *TRAIN_ARGS, f"trainer.run_dir={run_dir}"]
+    return warm_process.start(cmd, cwd=REPO, env=ENV, stdout=os.devnull)
 
 
-def kill_when(proc: subprocess.Popen, ready, rng: random.Random, timeout: float = 180) -> bool:
+def kill_when(proc: warm_process.WarmProcess, ready, rng: random.Random, timeout: float = 180) -> bool:
     """SIGKILL `proc` a random 0-40 ms after `ready()` turns true; False if it finished first."""
     deadline = time.monotonic() + timeout
     while proc.poll() is None and not ready() and time.monotonic() < deadline:
@@ -101,9 +100,9 @@ def kill_when(proc: subprocess.Popen, ready, rng: random.Random, timeout: float 
     return True
 
 
-def finish(proc: subprocess.Popen) -> None:
+def finish(proc: warm_process.WarmProcess) -> None:
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    assert proc.returncode == 0, err[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +120,7 @@ def training_trial(run: Path, seed: int) -> int:
     rng, kills = random.Random(seed), 0
     for attempt in range(2):
         proc = start_training(run)
-        if rng.random() < 0.25:     # anywhere, start-up included (imports, dataset, config write)
+        if rng.random() < 0.25:     # anywhere, start-up included (byol's imports, dataset, config write)
             t0 = time.monotonic()
             delay = rng.uniform(0.5, 3.0)
             kills += kill_when(proc, lambda: time.monotonic() - t0 > delay, rng)
@@ -180,8 +179,8 @@ def test_killed_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
     run = tmp_path / "run"
     # torch.save calls: encoder-start.pt and encoder-start-bn.pt at step 0, then the checkpoints of steps 1,
     # 2, 3; the 6th (step 4's checkpoint) dies
-    proc = subprocess.run([sys.executable, "-c", DIE_IN_CHECKPOINT_WRITE.format(n=6), *TRAIN_ARGS,
-                           f"trainer.run_dir={run}"], cwd=REPO, env=ENV, capture_output=True)
+    proc = warm_process.run(["-c", DIE_IN_CHECKPOINT_WRITE.format(n=6), *TRAIN_ARGS, f"trainer.run_dir={run}"],
+                            cwd=REPO, env=ENV)
     assert proc.returncode == -signal.SIGKILL
     half_written = list((run / "checkpoints").glob(".last.pt.tmp-*"))
     assert len(half_written) == 1 and half_written[0].stat().st_size > 0
@@ -211,7 +210,7 @@ def encoder_path(trained_run) -> Path:
 
 
 def extract_command(encoder: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "byol.extract", str(encoder), "--split", "train", "--out", str(out),
+    return ["-m", "byol.extract", str(encoder), "--split", "train", "--out", str(out),
             "--rows-per-shard", "48", "--batch-size", "8", "--num-workers", "0", "--no-progress",
             "data.max_images=480"]
 
@@ -237,12 +236,10 @@ def reference_store(tmp_path_factory, encoder_path) -> dict:
 def extraction_trial(encoder: Path, out: Path, seed: int) -> int:
     rng, kills = random.Random(seed), 0
     for _ in range(2):
-        proc = subprocess.Popen(extract_command(encoder, out), cwd=REPO, env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = warm_process.start(extract_command(encoder, out), cwd=REPO, env=ENV, stdout=os.devnull)
         target = rng.randint(0, 9)        # finished shards before the kill (0: during set-up / shard 0)
         kills += kill_when(proc, lambda: len(list(out.glob("train/shard-*.h5"))) >= target, rng)
-    finish(subprocess.Popen(extract_command(encoder, out), cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    finish(warm_process.start(extract_command(encoder, out), cwd=REPO, env=ENV, stdout=os.devnull))
     return kills
 
 
@@ -321,13 +318,10 @@ def test_file_size_limit_from_the_os_is_one_clear_line_and_keeps_the_checkpoint(
     """A real failed write (RLIMIT_FSIZE: the kernel refuses bytes past the limit, EFBIG), through torch.save."""
     run = trained_run_copy      # 1 step done, resumed here
     last = run / "checkpoints" / "last.pt"
-    before, limit = sha(last), last.stat().st_size // 2
-
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)    # get EFBIG from write() instead of a signal
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    proc = subprocess.run([sys.executable, "main.py", "--resume", str(run), "trainer.max_steps=2"], cwd=REPO,
-                          env=ENV, capture_output=True, text=True, preexec_fn=limit_file_size)
+    before = sha(last)
+    # SIGXFSZ ignored: write() past the limit fails with EFBIG instead of killing the process
+    proc = warm_process.run(["main.py", "--resume", run, "trainer.max_steps=2"], cwd=REPO, env=ENV,
+                            file_size_limit=last.stat().st_size // 2)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"error: could not write '{last}': File too large" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -365,9 +359,8 @@ def test_second_extraction_into_a_locked_store_refuses_with_the_holder(tmp_path,
 
 
 def test_two_extractions_started_together_leave_one_valid_store(tmp_path, encoder_path, reference_store):
-    procs = [subprocess.Popen(extract_command(encoder_path, tmp_path), cwd=REPO, env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    procs = [warm_process.start(extract_command(encoder_path, tmp_path), cwd=REPO, env=ENV) for _ in range(2)]
+    outcomes = [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
     for code, err in outcomes:          # each either finished, or refused in one clear line
         assert code == 0 or (code == 2 and "is being written by another extraction" in err
                              and "Traceback" not in err), err[-2000:]

@@ -1,32 +1,49 @@
 """benchmarks/gpu_check.py without CUDA: one line says so, and every part runs at tiny CPU settings."""
+import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from testkit import TINY_NETWORK, run_main
+import warm_process
+from testkit import TINY_NETWORK
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class WarmSubprocess:
+    """The script's `subprocess`, as much as it uses: its `python ...` parts start as warm forks
+    (tests/warm_process.py), not cold interpreters; what run() does with their results is unchanged."""
+    TimeoutExpired = subprocess.TimeoutExpired
+
+    @staticmethod
+    def run(cmd, *, timeout, cwd, env, capture_output, text):
+        assert cmd[0] == sys.executable and capture_output and text, cmd
+        ran = warm_process.run(cmd[1:], cwd=cwd, env=env, timeout=timeout)
+        return subprocess.CompletedProcess(cmd, ran.returncode, ran.stdout, ran.stderr)
+
+
+@pytest.mark.long
 def test_gpu_check_runs_its_parts_on_a_machine_without_a_gpu(tmp_path, capsys, monkeypatch):
-    # The script runs in this process (its parts still run as its own child processes): a child of
-    # our own would only add seconds of imports. No CUDA for it: device_count() answers 0 here (this
-    # process may have counted devices already) and its children inherit CUDA_VISIBLE_DEVICES="".
+    # The script's main() in this process, its parts in processes of their own (warm forks: 8 cold
+    # starts would add about 50 s of imports). No CUDA for it: device_count() answers 0 here, so it
+    # runs the smoke parts, each on the CPU by its own arguments (trainer.device=cpu, --device cpu).
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(gpu_check, "subprocess", WarmSubprocess)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    # One OpenMP thread a child: on a shared 2-core machine, threads that wait for one another make
-    # these tiny steps several times slower; no assertion below depends on the thread count.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(sys, "path", list(sys.path))          # the script puts the checkout first
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "gpu_check.json"
     # --smoke-train: its main.py runs (train_resume, ddp) train the tests' tiny network: ResNet-18 writes
     # ~400 MB of checkpoints a run and measures its BN statistics slowly; the plumbing is the same.
-    code, stdout, stderr = run_main(ROOT / "benchmarks" / "gpu_check.py",
-                                    ["--out", out, "--smoke-train", *TINY_NETWORK], capsys)
-    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    returned = gpu_check.main(["--out", str(out), "--smoke-train", *TINY_NETWORK])
+    stdout, stderr = capsys.readouterr()
+    assert returned["ok"], stdout[-3000:] + stderr[-3000:]
     lines = stdout.strip().splitlines()
     assert lines[0].startswith("no CUDA device visible")
     result = json.loads(out.read_text())

@@ -1,10 +1,6 @@
 """Foreign checkpoint layouts converted by name (byol-pytorch, sthalles/PyTorch-BYOL, solo-learn,
 mmpretrain) and the encoder exported to TorchScript / ONNX (CPU, seconds)."""
 import json
-import resource
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +15,7 @@ from byol.encoders.files import encoder_state_from, load_file
 from byol.encoders.foreign import STHALLES_CHILDREN
 from byol.extract.export_command import export
 
+import warm_process
 from testkit import write_encoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,12 +183,10 @@ def test_export_torchscript(encoder_pt, tmp_path):
 def test_export_on_a_full_disk_is_one_clear_line_and_leaves_no_file(encoder_pt, tmp_path):
     """A real refused write (RLIMIT_FSIZE: the kernel refuses bytes past the limit, EFBIG). torch's own
     TorchScript file writer aborted the process here: SIGABRT, a C++ stack dump, its temp file left."""
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)    # get EFBIG from write() instead of a signal
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))     # the file is ~45 MB
     out = tmp_path / "out" / "enc.ts"
-    proc = subprocess.run([sys.executable, "-m", "byol", "export", str(encoder_pt), "--format", "torchscript",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, preexec_fn=limit_file_size)
+    # SIGXFSZ ignored: write() past the limit fails with EFBIG instead of killing the process
+    proc = warm_process.run(["-m", "byol", "export", encoder_pt, "--format", "torchscript", "--out", out],
+                            cwd=REPO, file_size_limit=1_000_000)      # the file is ~45 MB
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"error: could not write '{out}': File too large" in proc.stderr and "Traceback" not in proc.stderr
     assert list(out.parent.iterdir()) == []

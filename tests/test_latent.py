@@ -19,7 +19,8 @@ from byol.extract.extract_command import extract
 from byol.extract.latent_command import generate, main as latent_main
 from byol.store import FeatureStore, ShardSink
 
-from testkit import REPO, TINY_RESNET, run_cli, run_main, write_encoder
+import warm_process
+from testkit import REPO, TINY_RESNET, run_main, write_encoder
 
 SCRIPT = REPO / "latent_eval" / "generate_latent_out.py"
 GOOD = ["cls/rgb.jpg", "cls/gray.png", "rgba.png", "cmyk.jpg", "deep16.png", "tiny.png", "large.jpg",
@@ -220,8 +221,8 @@ def test_malicious_checkpoint_is_never_unpickled(tmp_path, odd_folder):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "byol-encoder", "state_dict": {}, "payload": _Evil(marker)}, evil)
-    run = run_cli(SCRIPT, "--checkpoint", evil, "--input", odd_folder / GOOD[0], "--out", tmp_path / "o",
-                  "--no-progress")
+    run = warm_process.run([SCRIPT, "--checkpoint", evil, "--input", odd_folder / GOOD[0], "--out", tmp_path / "o",
+                            "--no-progress"], cwd=REPO)
     assert run.returncode == 2 and not marker.exists()
     assert "--trust-checkpoint" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "o").exists()

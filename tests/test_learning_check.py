@@ -15,7 +15,7 @@ from PIL import Image
 
 from byol.report.verdict import verdict
 
-from testkit import REPO, run_main
+from testkit import REPO, TINY_NETWORK, run_main
 
 PER_CLASS = 16
 
@@ -54,6 +54,7 @@ def folder(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("learning_check"))
 
 
+@pytest.mark.long
 def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path, capsys):
     out = run_check(capsys, folder, tmp_path / "work")
     rows = ("linear", "knn", "logreg", "random_init_linear", "random_init_knn", "random_init_bn_linear",
@@ -122,8 +123,9 @@ def test_learning_check_reports_every_row_and_the_margins(folder, tmp_path, caps
 
 def test_learning_check_skips_the_rows_it_is_told_to(folder, tmp_path, capsys):
     # one step: what is skipped does not depend on how long it trained (the time budget: the test above)
+    # the tiny network: the rows, not the architecture, are the subject here (ResNet-18: the test above)
     out = run_check(capsys, folder, tmp_path / "work", "--no-pixel-baselines", "--no-random-init-baseline",
-                    "--steps", "1")
+                    "--steps", "1", *TINY_NETWORK)
     assert {"linear_top1", "knn_top1"} <= out.keys()
     assert not any(k.startswith(("pixels", "random_init_", "margin", "interval", "best_")) or k == "verdict"
                    for k in out)

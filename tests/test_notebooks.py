@@ -35,6 +35,7 @@ def tiny_encoder(trained_run):
     return trained_run / "encoder.pt"
 
 
+@pytest.mark.long
 def test_save_feature_tensor_notebook_writes_a_store(tiny_encoder, tmp_path):
     out = tmp_path / "features"
     nb = execute(ROOT / "notebooks" / "save_feature_tensor.ipynb",

@@ -18,7 +18,8 @@ from byol.search.search_command import main as search_main, search
 from byol.store import FeatureStore
 from byol.subcommands import main as byol_main
 
-from testkit import TINY, run_cli, run_main, write_encoder, write_store
+import warm_process
+from testkit import REPO, TINY, run_main, write_encoder, write_store
 
 
 def unit(x):
@@ -200,7 +201,8 @@ def test_the_commands_run_as_users_run_them(planted, tmp_path, capsys):
     """`python -m byol.search` as a process (the entry point itself), `byol duplicates` through the
     `byol` dispatcher in-process: each ends with its JSON summary line."""
     store, _, _ = planted
-    ran = run_cli("-m", "byol.search", "row:14", "--store", store, "--out", tmp_path / "s", "--k", "2")
+    ran = warm_process.run(["-m", "byol.search", "row:14", "--store", store, "--out", tmp_path / "s", "--k", "2"],
+                           cwd=REPO)
     assert ran.returncode == 0, ran.stderr
     assert ran.last_json["n_queries"] == 1 and ran.last_json["store_rows"] == 60
     code, out, err = run_main(byol_main, ["duplicates", store, "--out", tmp_path / "d", "--threshold", "0.999",

@@ -134,6 +134,7 @@ def test_query_and_projector_rows():
     assert len(rows) == 10 and np.bincount(labels[rows], minlength=4).tolist() == [0, 3, 2, 5]
 
 
+@pytest.mark.long
 def test_pipeline_report_has_the_control_the_verdict_the_gallery_and_the_projector(pipeline_run, tmp_path):
     run, out = pipeline_run
     top1, v = out["top1"], out["verdict"]

@@ -1,7 +1,8 @@
 """Stop signals to a whole process group, as Slurm, `timeout`, systemd, `docker stop` and Ctrl-C
 send them: every process of the command gets the signal, DataLoader workers included.
 
-Each test starts the real command in its own session (`start_new_session=True`), signals the
+Each test starts the real command in its own session (`start_new_session=True`; a warm fork,
+tests/warm_process.py, but for torchrun, whose workers it starts itself), signals the
 whole group with `os.killpg` once work is under way, and checks: the command ends by itself with
 a one-line message and exit status 128 + signal, no process of the group is left, nothing
 half-written remains; then a rerun (`--resume` for training) ends exactly where an uninterrupted
@@ -12,8 +13,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,10 +29,12 @@ from byol.extract.latent_command import generate
 from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
 
+import warm_process
 from testkit import REPO, TINY
 
-# the commands run with this process's thread count: in-process references then match them bit for bit
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+# warm forks run at this process's thread count (their torch loaded with its environment): the
+# in-process references match them bit for bit
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 STOPS = [signal.SIGTERM, signal.SIGINT]
 # 48 images / batch 8 = 6 steps per epoch, 2 epochs: the loader's workers restart each epoch
 TRAIN_ARGS = [a for a in TINY if not a.startswith(("trainer.batch_size", "trainer.num_workers", "trainer.log_every"))]
@@ -62,10 +63,9 @@ def start():
     SIGKILLed at teardown, so a failing test leaves no processes behind."""
     started = []
 
-    def launch(cmd: list[str], err: Path) -> subprocess.Popen:
-        with open(err, "w") as f:      # a file, not a pipe: nothing blocks on a full pipe
-            started.append(subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=f,
-                                            start_new_session=True))
+    def launch(args: list, err: Path) -> warm_process.WarmProcess:
+        """`python ARGS...` in a warm fork, stderr to the file `err` (not a pipe: nothing blocks on it)."""
+        started.append(warm_process.start(args, cwd=REPO, env=ENV, stdout=os.devnull, stderr=err, new_session=True))
         return started[-1]
     yield launch
     for proc in started:
@@ -76,7 +76,7 @@ def start():
         proc.wait()
 
 
-def wait_for(ready, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(ready, proc: warm_process.WarmProcess, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"finished before the signal (rc {proc.returncode})"
@@ -96,7 +96,7 @@ def group_gone(pgid: int, timeout: float = 3.0) -> bool:
     return False
 
 
-def stopped(proc: subprocess.Popen, sig: int, err: Path) -> str:
+def stopped(proc: warm_process.WarmProcess, sig: int, err: Path) -> str:
     """Wait for the signalled command; check its exit status and its one-line report."""
     rc = proc.wait(timeout=120)
     text = err.read_text()
@@ -135,7 +135,7 @@ def reference_training(tmp_path_factory, images) -> dict:
 @pytest.mark.parametrize("sig", STOPS, ids=lambda s: s.name)
 def test_training_stopped_by_a_group_signal_resumes_to_equal_weights(start, tmp_path, images, reference_training, sig):
     run = tmp_path / "run"
-    proc = start([sys.executable, "main.py", *training_args(images, run)], tmp_path / "err.txt")
+    proc = start(["main.py", *training_args(images, run)], tmp_path / "err.txt")
     metrics = run / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and metrics.read_text().count('"loss"') >= 1, proc)   # step 3 logged
     os.killpg(proc.pid, sig)
@@ -150,15 +150,19 @@ def test_training_stopped_by_a_group_signal_resumes_to_equal_weights(start, tmp_
     assert not differences(checkpoint(run), reference_training), differences(checkpoint(run), reference_training)
 
 
-def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_step(start, tmp_path):
-    run = tmp_path / "ddp"
+@pytest.mark.long
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
+        return s.getsockname()[1]
+
+
+def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_step_and_both_resume(start, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = ["-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
            "main.py", *TINY, f"trainer.run_dir={run}", "trainer.batch_size=8", "trainer.max_steps=600",
            "trainer.log_every=2", "trainer.checkpoint_interval=1000", "trainer.device=cpu"]
-    proc = start(cmd, tmp_path / "err.txt")
+    proc = start(cmd, tmp_path / "err.txt")        # the launcher a warm fork, its workers cold processes
     metrics = run / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and metrics.read_text().count('"loss"') >= 1, proc)
     rank1 = [pid for pid in children(proc.pid) if environ(pid).get("RANK") == "1"]
@@ -175,6 +179,13 @@ def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_step(start, 
     assert 2 <= step < 600 and step % 2 == 0
     assert "exitcode  : 138" in text                  # torchrun's failure summary names the stopped rank's status
     assert group_gone(proc.pid)
+
+    # both ranks resume from that checkpoint and stay in step (`torchrun ... main.py --resume RUN_DIR`)
+    resumed = warm_process.run(["-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+                                "main.py", "--resume", run, f"trainer.max_steps={step + 2}"], cwd=REPO, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = resumed.last_json
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] and summary["steps"] == step + 2
 
 
 def children(pid: int) -> list[int]:
@@ -244,7 +255,7 @@ def reference_store(tmp_path_factory, encoder, images) -> dict:
 def test_extraction_stopped_by_a_group_signal_keeps_finished_shards_and_completes(start, tmp_path, encoder, images,
                                                                                    reference_store, sig):
     split = tmp_path / "train"
-    proc = start([sys.executable, "-c", SLOW_SINK, *extract_args(encoder, images, tmp_path)], tmp_path / "err.txt")
+    proc = start(["-c", SLOW_SINK, *extract_args(encoder, images, tmp_path)], tmp_path / "err.txt")
     wait_for(lambda: len(list(split.glob("shard-*.h5"))) >= 2, proc)
     os.killpg(proc.pid, sig)
     text = stopped(proc, sig, tmp_path / "err.txt")
@@ -266,7 +277,7 @@ def test_latent_store_stopped_by_a_group_signal_resumes_to_the_uninterrupted_sto
         'runpy.run_path("latent_eval/generate_latent_out.py", run_name="__main__")')
     args = ["--checkpoint", str(encoder), "--input", str(bad), str(images), "--out", str(out), "--batch-size", "2",
             "--rows-per-shard", "4", "--num-workers", "2", "--no-progress"]
-    proc = start([sys.executable, "-c", slow, *args], tmp_path / "err.txt")
+    proc = start(["-c", slow, *args], tmp_path / "err.txt")
     wait_for(lambda: len(list(out.glob("shard-*.h5"))) >= 2, proc)
     os.killpg(proc.pid, signal.SIGTERM)
     text = stopped(proc, signal.SIGTERM, tmp_path / "err.txt")

@@ -63,6 +63,7 @@ def test_wheel_holds_the_package_its_configs_and_the_console_script(installed):
     assert run(env_dir, "nope", cwd=work).returncode == 2
 
 
+@pytest.mark.long
 def test_demo_pipeline_runs_from_the_wheel_outside_the_checkout(installed):
     _, env_dir, work = installed
     # Tiny, as the subject is the installed wheel, not the demo's results: the standard stem (the

@@ -38,14 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from byol.base.atomic import atomic_write_text
 from byol.base.errors import ConfigError
 from byol.command_line import add_overwrite_argument, parse_arguments, run_command
 from byol.search.contact_sheet import draw_sheet, short
-from byol.search.nearest import BLOCK_ROWS, MAX_PER_ITEM, duplicate_pairs, group_pairs, require_rows
-from byol.search.search_command import refuse_existing
+from byol.search.nearest import BLOCK_ROWS, MAX_PER_ITEM, duplicate_pairs, group_pairs
+from byol.search.search_command import open_store_for
 from byol.search.store_images import StoreImages
 
 DEFAULT_THRESHOLD = 0.99
@@ -57,16 +56,12 @@ def find_duplicates(store_dir, out, threshold: float = DEFAULT_THRESHOLD, max_pe
                     sheet_groups: int = 10, overwrite: bool = False, center: bool = True,
                     block_rows: int = BLOCK_ROWS) -> dict:
     """Write OUT/duplicates.json and OUT/duplicates.png; return the summary."""
-    from byol.store import FeatureStore
     began = time.perf_counter()
     if not -1.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
     if max_per_item < 1:
         raise ConfigError(f"--max-per-item must be >= 1, got {max_per_item}")
-    out = Path(out)
-    refuse_existing(out, OUTPUTS, overwrite)
-    store = FeatureStore.open(store_dir)
-    require_rows(store)
+    out, store = open_store_for(out, OUTPUTS, overwrite, store_dir)
     found = duplicate_pairs(store, threshold, max_per_item, center, block_rows)
     groups = group_pairs(found.pairs, found.similarity)
     images = StoreImages(store)

@@ -47,16 +47,12 @@ def search(queries: list[str], store_dir, out, k: int = 10, checkpoint: str | No
            sheet_queries: int = 10, batch_size: int = 256, device: str = "auto", overwrite: bool = False,
            trust_checkpoint: bool = False, block_rows: int = BLOCK_ROWS) -> dict:
     """Write OUT/neighbors.jsonl, OUT/neighbors.png and OUT/skipped.json; return the summary."""
-    from byol.store import FeatureStore
     began = time.perf_counter()
     if not queries:
         raise ConfigError("give at least one query: image files, folders, a list .txt, split:NAME or row:N")
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
-    out = Path(out)
-    refuse_existing(out, OUTPUTS, overwrite)
-    store = FeatureStore.open(store_dir)
-    require_rows(store)
+    out, store = open_store_for(out, OUTPUTS, overwrite, store_dir)
     parsed = split_queries(queries, store.n_rows)
     encoder = cfg = None
     if any(not isinstance(q, int) for q in parsed):
@@ -101,11 +97,17 @@ def _sheet_images(images: StoreImages, sheet: list) -> list:
             for q, found, captions in sheet]
 
 
-def refuse_existing(out: Path, outputs: tuple, overwrite: bool) -> None:
-    """Earlier results in --out are replaced only when asked (both search commands)."""
+def open_store_for(out, outputs: tuple, overwrite: bool, store_dir):
+    """(--out as a Path, the store with its rows), for both search commands: earlier results in --out
+    are replaced only when asked, and the store is checked before any work."""
+    from byol.store import FeatureStore
+    out = Path(out)
     found = [name for name in outputs if (out / name).is_file()]
     if found and not overwrite:
         raise ConfigError(f"--out '{out}' already holds {found[0]}; choose another --out or pass --overwrite")
+    store = FeatureStore.open(store_dir)
+    require_rows(store)
+    return out, store
 
 
 def build_parser(prog: str = "python -m byol.search") -> argparse.ArgumentParser:
