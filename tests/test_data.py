@@ -17,11 +17,12 @@ from byol.base.errors import DataError
 from byol.config import Data
 from byol.data import stl10 as stl10_module
 from byol.data import build_dataset, dataset_labels
-from byol.data.digits import Digits
+from byol.data.digits import TEST_ROWS_FILE, Digits, load_digits_arrays
 from byol.data.image_folder import ImageFolder
 from byol.data.stl10 import RECORD, STL10, download_stl10
 
-from testkit import write_stl10_binary
+import warm_process
+from testkit import REPO, write_stl10_binary
 
 
 # ---------------------------------------------------------------------------------------- STL-10
@@ -354,6 +355,23 @@ def test_digits_split_is_stratified_and_deterministic():
     assert everything.images.max() == 255 and everything.images.min() == 0
     with pytest.raises(DataError, match="valid splits"):
         Digits("train-fold-0", 16)
+
+
+def test_digits_are_scikit_learns_in_its_split_read_without_importing_it():
+    """byol reads the digits file and the test split's rows itself (no scikit-learn import at start):
+    the same arrays and the same split as load_digits() and train_test_split(..., random_state=0)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    reference = load_digits()
+    images, target = load_digits_arrays()
+    assert images.dtype == reference.images.dtype and np.array_equal(images, reference.images)
+    assert np.array_equal(target, reference.target)
+    train, test = train_test_split(np.arange(1797), test_size=0.2, random_state=0, stratify=reference.target)
+    assert np.array_equal(np.loadtxt(TEST_ROWS_FILE, dtype=np.int64), np.sort(test)), \
+        f"scikit-learn's split moved: rewrite {TEST_ROWS_FILE} with the rows {np.sort(test).tolist()}"
+    assert np.array_equal(Digits("train", 8).labels, reference.target[np.sort(train)])
+    code = "import sys; from byol.data.digits import Digits; Digits('test', 8); print('sklearn' in sys.modules)"
+    assert warm_process.run(["-c", code], cwd=REPO).stdout == "False\n"     # (its forkserver holds no sklearn)
 
 
 def test_build_dataset_dispatch_and_max_images(tmp_path):

@@ -1,9 +1,9 @@
 """Commands under test in processes of their own, without each paying seconds of third-party imports.
 
 A test that signals, kills, races or rlimits a command needs it in a process of its own, and a cold
-`python main.py` spends about 7 s of CPU importing torch (2.8 s), torchvision (2.7 s, of which
-2.4 s is the torch._dynamo that torchvision.ops imports) and scikit-learn (1.7 s) before it does
-anything (`python -X importtime`, 2-core AMD EPYC, 2026-12-07). Here a forkserver (multiprocessing's,
+`python main.py` spends 5-6 s of CPU importing torch (2.8 s) and torchvision (2.7 s, of which 2.4 s
+is the torch._dynamo that torchvision.ops imports) before it does anything (`python -X importtime`,
+2-core AMD EPYC, 2026-12-07). Here a forkserver (multiprocessing's,
 one per test process) imports those once, and each command is a fork of it that then runs exactly
 what `python ARGS...` runs:
 
@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-PRELOAD = ["torch", "torchvision", "sklearn.datasets", "sklearn.model_selection", "h5py", "PIL.Image", "yaml"]
+PRELOAD = ["torch", "torchvision", "h5py", "PIL.Image", "yaml"]     # not sklearn: the commands under test load none
 # read once, when the preloaded libraries load (OpenMP/BLAS thread pools, CUDA device list)
 READ_AT_IMPORT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
                   "PYTHONPATH", "PYTHONHASHSEED")
