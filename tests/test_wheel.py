@@ -25,8 +25,10 @@ def installed(tmp_path_factory):
     source = work / "source"       # a copy, so setuptools' build/ folder never lands in the checkout
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info",
                                                                  "__pycache__", ".pytest_cache"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(source)],
-                   check=True, capture_output=True, cwd=work)
+    # --no-build-isolation: built by this environment's setuptools (>= 64, as pyproject.toml asks) instead
+    # of a fresh one pip installs into a temporary environment first (4.2 s -> 0.7 s); the same files
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(work / "dist"), str(source)], check=True, capture_output=True, cwd=work)
     (wheel,) = (work / "dist").glob("byol-*.whl")
     env_dir = work / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
