@@ -3,9 +3,8 @@
 A test that signals, kills, races or rlimits a command needs it in a process of its own, and a cold
 `python main.py` spends 5-6 s of CPU importing torch (2.8 s) and torchvision (2.7 s, of which 2.4 s
 is the torch._dynamo that torchvision.ops imports) before it does anything (`python -X importtime`,
-2-core AMD EPYC, 2026-12-07). Here a forkserver (multiprocessing's,
-one per test process) imports those once, and each command is a fork of it that then runs exactly
-what `python ARGS...` runs:
+2-core AMD EPYC, 2026-12-07). Here a forkserver (multiprocessing's, one per test process) imports
+those once, and each command is a fork of it that then runs exactly what `python ARGS...` runs:
 
 - a process of its own (its pid, exit status, signal handlers, file descriptors and rlimits), in a
   session of its own when asked (`new_session`, as `Popen(start_new_session=True)`);
@@ -17,8 +16,9 @@ what `python ARGS...` runs:
 - python's ending: non-daemon threads joined, atexit handlers run, streams flushed; an uncaught
   KeyboardInterrupt ends the process by SIGINT, an uncaught exception prints its traceback, exit 1.
 
-What it does not cover is the start itself (the interpreter and those imports): the tests that start
-torchrun, the wheel's console script, the GPU check's parts and test_cli still start cold processes.
+What it does not cover is the start itself (the interpreter and those imports): torchrun's workers
+(torchrun starts them), the wheel's console script, the notebook kernels, the "never imports torch"
+checks and test_cli's one-line config error still start cold interpreters.
 Environment variables the preloaded libraries read as they load (threads, visible GPUs) must be the
 test process's own; a command that asks for others is refused (start it with subprocess).
 """
