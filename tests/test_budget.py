@@ -9,7 +9,6 @@ import json
 import math
 import os
 import signal
-import socket
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -28,7 +27,7 @@ from byol.pretrain.train_command import config_for_run
 from byol.pretrain.train_command import main as train_main
 
 import warm_process
-from testkit import REPO, TINY, run_main
+from testkit import REPO, TINY, free_port, run_main
 
 # 480 digits at 16 px, batch 16: 30 steps an epoch; max_steps is the upper bound the budget stays under
 ARGS = [*TINY, "data.max_images=480", "data_transforms.input_shape=(16,16,3)", "trainer.max_steps=1000"]
@@ -168,13 +167,10 @@ def test_resume_keeps_the_chosen_total(budget_run, tmp_path, monkeypatch):
 @pytest.mark.long
 def test_two_torchrun_processes_follow_rank_0s_total(tmp_path):
     run = tmp_path / "ddp"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # the launcher a warm fork (tests/warm_process.py), its two workers cold processes
-    out = warm_process.run(["-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}", "main.py",
-                            *ARGS, f"trainer.run_dir={run}", "trainer.batch_size=8", "trainer.max_time=6s",
-                            "trainer.device=cpu"], cwd=REPO, timeout=240)
+    out = warm_process.run(["-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+                            "main.py", *ARGS, f"trainer.run_dir={run}", "trainer.batch_size=8",
+                            "trainer.max_time=6s", "trainer.device=cpu"], cwd=REPO, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = out.last_json
     assert summary["world_size"] == 2 and summary["ranks_in_sync"]            # same steps, same LR on both

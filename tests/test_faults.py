@@ -2,8 +2,8 @@
 and two extractions racing for one store. Nothing may be lost and no result may differ.
 
 Kill trials run the real commands (`python main.py`, `python -m byol.extract`) as processes of their
-own (warm forks, tests/warm_process.py: torch and the like already imported) and kill them with SIGKILL (no handler runs, as with the OOM killer or a lost node) at moments drawn
-from a seeded RNG: right after a given step or shard lands (often inside the checkpoint or shard
+own (warm forks, tests/warm_process.py: torch and the like already imported) and kill them with
+SIGKILL (no handler runs, as with the OOM killer or a lost node) at moments drawn from a seeded RNG: right after a given step or shard lands (often inside the checkpoint or shard
 write that follows), or at a random time after start-up. Each trial then reruns the command
 (`--resume` for training) until it finishes, and compares the result with an uninterrupted run:
 every tensor of the final checkpoint equal, every shard's SHA-256 equal.

@@ -12,7 +12,6 @@ signal to ONE rank stops every rank at the same step. Tiny settings, CPU, second
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from byol.pretrain.checkpoint import resume_config
 from byol.pretrain.loop import train
 
 import warm_process
-from testkit import REPO, TINY
+from testkit import REPO, TINY, free_port
 
 # warm forks run at this process's thread count (their torch loaded with its environment): the
 # in-process references match them bit for bit
@@ -151,12 +150,6 @@ def test_training_stopped_by_a_group_signal_resumes_to_equal_weights(start, tmp_
 
 
 @pytest.mark.long
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_step_and_both_resume(start, tmp_path):
     run = tmp_path / "ddp"
     cmd = ["-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -142,6 +143,13 @@ class Ran:
     @property
     def last_json(self) -> dict:
         return json.loads(self.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a torchrun rendezvous (--master-port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args, cwd: str | Path = REPO, env: dict | None = None, timeout: float = 300) -> Ran:

@@ -25,6 +25,7 @@ test process's own; a command that asks for others is refused (start it with sub
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import multiprocessing
 import os
@@ -39,8 +40,11 @@ PRELOAD = ["torch", "torchvision", "h5py", "PIL.Image", "yaml"]     # not sklear
 READ_AT_IMPORT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
                   "PYTHONPATH", "PYTHONHASHSEED")
 
-_server: dict = {}          # the context, the environment it started with, a cold interpreter's sys.path
+# the context, the environment it started with, a cold interpreter's sys.path, and the folder of
+# captured stdout/stderr (removed at exit); made at the first start(), in the test process only
+_server: dict = {}
 _started: list = []
+_numbers = itertools.count()
 
 
 def _context():
@@ -50,7 +54,7 @@ def _context():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(PRELOAD)
         _server.update(ctx=ctx, env={k: os.environ.get(k) for k in READ_AT_IMPORT},
-                       path=json.loads(cold_path))
+                       path=json.loads(cold_path), outputs=tempfile.TemporaryDirectory(prefix="warm-"))
     return _server["ctx"]
 
 
@@ -105,12 +109,11 @@ def start(args, *, cwd: str | Path, env: dict | None = None, stdout: str | Path 
         raise ValueError(f"{', '.join(differs)} differ from the forkserver's (read when torch loads): "
                          "start this command with subprocess instead")
     args = [str(a) for a in args]
-    streams = []
-    for given in (stdout, stderr):
-        if given is None:
-            fd, given = tempfile.mkstemp(prefix="warm-", suffix=".txt")
-            os.close(fd)
-        streams.append(Path(given))
+    n = next(_numbers)
+    streams = [Path(given) if given is not None else Path(_server["outputs"].name, f"{n}.{name}") for given, name in
+               ((stdout, "stdout"), (stderr, "stderr"))]
+    for path in streams:
+        path.touch()            # readable even if the command dies before it opens them
     process = ctx.Process(target=_run_as_python, args=(args, str(cwd), env, [str(s) for s in streams],
                                                        new_session, file_size_limit, _server["path"]))
     process.start()
@@ -127,9 +130,6 @@ def run(args, *, cwd: str | Path, env: dict | None = None, timeout: float = 300,
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    for path in (proc.stdout_path, proc.stderr_path):
-        if path.name.startswith("warm-"):
-            path.unlink(missing_ok=True)
     return Ran(proc.returncode, out, err)
 
 
